@@ -1,0 +1,49 @@
+"""Alembic environment: migrations run on the application's own engine and models."""
+
+import logging
+
+from alembic import context
+from flask import current_app
+
+logger = logging.getLogger("alembic.env")
+config = context.config
+db = current_app.extensions["migrate"].db
+config.set_main_option(
+    "sqlalchemy.url",
+    db.engine.url.render_as_string(hide_password=False).replace("%", "%%"),
+)
+
+
+def run_migrations_offline() -> None:
+    """Print the SQL (`flask db upgrade --sql`) instead of running it."""
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=db.metadata,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    def skip_empty_revision(context, revision, directives) -> None:
+        """Write no revision file when autogenerate finds nothing to change."""
+        autogenerate = getattr(config.cmd_opts, "autogenerate", False)
+        if autogenerate and directives[0].upgrade_ops.is_empty():
+            directives[:] = []
+            logger.info("No changes in schema detected.")
+
+    configure_args = current_app.extensions["migrate"].configure_args
+    configure_args.setdefault("process_revision_directives", skip_empty_revision)
+    with db.engine.connect() as connection:
+        context.configure(
+            connection=connection, target_metadata=db.metadata, **configure_args
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

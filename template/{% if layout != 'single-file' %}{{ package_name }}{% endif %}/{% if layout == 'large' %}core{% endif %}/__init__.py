@@ -1,0 +1,1 @@
+"""Core of the application: configuration, extensions, JSend, errors, logging."""

@@ -1,0 +1,1 @@
+"""Health checks: liveness (`/health`) and readiness (`/ready`)."""

@@ -1,0 +1,1 @@
+"""Items: the first resource of the API."""
