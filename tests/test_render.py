@@ -1,0 +1,205 @@
+"""Rendering: every variant, its exact file set, and output free of Jinja debris."""
+
+import re
+import tomllib
+
+import pytest
+import yaml
+from conftest import DATABASES, LAYOUTS, QUESTIONS
+
+COMMON = {
+    ".copier-answers.yml",
+    ".dockerignore",
+    ".env.example",
+    ".flaskenv",
+    ".gitattributes",
+    ".github/workflows/ci.yml",
+    ".gitignore",
+    "Dockerfile",
+    "LICENSE",
+    "Procfile",
+    "README.md",
+    "compose.yaml",
+    "gunicorn.conf.py",
+    "migrations/alembic.ini",
+    "migrations/env.py",
+    "migrations/script.py.mako",
+    "migrations/versions/0001_create_items.py",
+    "pyproject.toml",
+    "tests/conftest.py",
+    "tests/test_cli.py",
+    "tests/test_config.py",
+    "tests/test_database.py",
+    "tests/test_errors.py",
+    "tests/test_health.py",
+    "tests/test_items.py",
+    "tests/test_middleware.py",
+    "tests/test_responses.py",
+}
+LAYOUT_FILES = {
+    "single-file": {"app.py"},
+    "single-module": {
+        f"my_api/{name}.py"
+        for name in (
+            "__init__",
+            "cli",
+            "config",
+            "errors",
+            "extensions",
+            "log",
+            "middleware",
+            "models",
+            "responses",
+            "schemas",
+            "views",
+        )
+    },
+    "large": {
+        f"my_api/{name}.py"
+        for name in (
+            "__init__",
+            "api",
+            "core/__init__",
+            "core/cli",
+            "core/config",
+            "core/errors",
+            "core/extensions",
+            "core/log",
+            "core/middleware",
+            "core/responses",
+            "health/__init__",
+            "health/views",
+            "items/__init__",
+            "items/cli",
+            "items/models",
+            "items/schemas",
+            "items/views",
+        )
+    },
+}
+TEXT_FILES = re.compile(
+    r"(\.(py|toml|yml|yaml|md|ini|mako|example)|Procfile|Dockerfile|"
+    r"LICENSE|\.flaskenv|\.git\w+|\.dockerignore)$"
+)
+
+
+def files_of(project):
+    return {
+        path.relative_to(project).as_posix()
+        for path in project.rglob("*")
+        if path.is_file()
+    }
+
+
+def test_variants_cover_every_choice():
+    assert LAYOUTS == ["single-file", "single-module", "large"]
+    assert DATABASES == ["sqlite", "postgresql"]
+    assert QUESTIONS["layout"]["default"] == "single-module"
+
+
+@pytest.mark.parametrize("database", DATABASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_file_set_of_each_variant(render, layout, database):
+    project = render(layout=layout, database=database)
+    assert files_of(project) == COMMON | LAYOUT_FILES[layout]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_optional_files_can_be_left_out(render, layout):
+    project = render(layout=layout, docker=False, github_actions=False)
+    left_out = {
+        ".dockerignore",
+        "Dockerfile",
+        "compose.yaml",
+        ".github/workflows/ci.yml",
+    }
+    assert files_of(project) == (COMMON - left_out) | LAYOUT_FILES[layout]
+    assert not (project / ".github").exists()
+
+
+@pytest.mark.parametrize("database", DATABASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_no_jinja_debris(render, layout, database):
+    project = render(layout=layout, database=database)
+    for name in files_of(project):
+        if not TEXT_FILES.search(name):
+            continue
+        text = (project / name).read_text()
+        without_actions = re.sub(r"\$\{\{ [\w.-]+ \}\}", "", text)
+        assert not re.search(r"\{\{|\{%|\{#|%\}|#\}", without_actions), name
+        assert "\r" not in text, name
+        assert text.endswith("\n") and not text.endswith("\n\n"), name
+        assert not re.search(r"[ \t]+$", text, re.MULTILINE), name
+        assert "\n\n\n\n" not in text, name
+        if not name.endswith((".py", ".mako")):
+            assert "\n\n\n" not in text, name
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_procfile_serves_the_rendered_factory(render, layout):
+    project = render(layout=layout)
+    lines = dict(
+        line.split(": ", 1) for line in (project / "Procfile").read_text().splitlines()
+    )
+    target = re.search(r"'(\w+):create_app\(\)'", lines["web"]).group(1)
+    module = project / f"{target}.py"
+    if not module.exists():
+        module = project / target / "__init__.py"
+    assert "\ndef create_app(" in module.read_text()
+    assert lines["web"].startswith("gunicorn --config gunicorn.conf.py ")
+    assert lines["release"].endswith(f"flask --app {target} db upgrade")
+
+
+@pytest.mark.parametrize("version", QUESTIONS["python_version"]["choices"])
+def test_ci_python_matches_requires_python(render, version):
+    project = render(python_version=version)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["requires-python"] == f">={version}"
+    assert pyproject["tool"]["ruff"]["target-version"] == "py" + version.replace(
+        ".", ""
+    )
+    workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())
+    matrix = workflow["jobs"]["test"]["strategy"]["matrix"]["python-version"]
+    assert matrix[0] == version
+    assert matrix[-1] == QUESTIONS["python_version"]["choices"][-1]
+
+
+@pytest.mark.parametrize(
+    ("license", "heading", "expression"),
+    [
+        ("MIT", "MIT License", "MIT"),
+        ("Apache-2.0", "Apache License", "Apache-2.0"),
+        ("BSD-3-Clause", "BSD 3-Clause License", "BSD-3-Clause"),
+        ("Proprietary", "All rights reserved.", "LicenseRef-Proprietary"),
+    ],
+)
+def test_license(render, license, heading, expression):
+    project = render(license=license, author_name="Ada Lovelace")
+    text = (project / "LICENSE").read_text()
+    assert heading in text
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == expression
+    if license != "Apache-2.0":
+        assert "Ada Lovelace" in text
+
+
+def test_answers_file_records_the_answers(render):
+    project = render(layout="large", database="postgresql", project_name="Shop")
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert answers["layout"] == "large"
+    assert answers["database"] == "postgresql"
+    assert answers["project_slug"] == "shop"
+    assert "app_module" not in answers
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_dependencies_follow_the_database(render, database):
+    project = render(database=database)
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    assert any(d.startswith("psycopg") for d in dependencies) == (
+        database == "postgresql"
+    )
+    for dependency in dependencies:
+        assert "<" in dependency and ">=" in dependency, dependency
