@@ -242,23 +242,37 @@ def test_update_applies_the_template_fix_and_keeps_user_edits(
     assert tree(project) == tree(expected)
 
 
-def unmet_requirements(project: Path) -> list[str]:
-    """The rendered project's runtime and test requirements this interpreter lacks."""
+def requirements_to_run_tests(project: Path) -> list[str]:
+    """What a rendered project needs to run its own pytest: its dependencies,
+    pytest and pytest-cov (its pytest options ask for coverage)."""
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
-    wanted = pyproject["project"]["dependencies"] + [
-        spec
-        for spec in pyproject["project"]["optional-dependencies"]["dev"]
-        if spec.startswith(("pytest", "pytest-cov"))
-    ]
-    unmet = []
-    for spec in map(Requirement, wanted):
+    dev = pyproject["project"]["optional-dependencies"]["dev"]
+    testing = [spec for spec in dev if Requirement(spec).name.startswith("pytest")]
+    return pyproject["project"]["dependencies"] + testing
+
+
+def unmet(requirements: list[str]) -> list[str]:
+    """The requirements this interpreter does not satisfy."""
+    missing = []
+    for spec in map(Requirement, requirements):
         try:
             installed = version(spec.name)
         except PackageNotFoundError:
             installed = None
         if installed is None or not spec.specifier.contains(installed, True):
-            unmet.append(f"{spec} (installed: {installed})")
-    return unmet
+            missing.append(f"{spec} (installed: {installed})")
+    return missing
+
+
+def test_test_group_installs_what_a_rendered_project_needs(render):
+    """The `rendered` dependency group of pyproject.toml, which the nox sessions
+    install, carries the rendered sqlite project's own bounds."""
+    project = render()
+    group = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
+    assert {"include-group": "rendered"} in group["test"]
+    pytest_spec = [spec for spec in group["test"] if str(spec).startswith("pytest")]
+    installed = group["rendered"] + pytest_spec
+    assert sorted(installed) == sorted(requirements_to_run_tests(project))
 
 
 def test_update_switching_layout_removes_the_old_layout(template, tmp_path):
@@ -283,7 +297,7 @@ def test_update_switching_layout_removes_the_old_layout(template, tmp_path):
     assert stale and not [file for file in stale if (project / file).exists()]
     assert (project / name).read_text() == content
     # The project's own tests pass in the new layout.
-    assert not unmet_requirements(project), unmet_requirements(project)
+    assert not unmet(requirements_to_run_tests(project))
     environment = {
         key: value
         for key, value in os.environ.items()
