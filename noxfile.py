@@ -81,3 +81,27 @@ def postgres(session: nox.Session, layout: str) -> None:
     project = render(session, layout, layout=layout, database="postgresql")
     install(session, project)
     session.run("pytest", *session.posargs)
+
+
+MIN_COPIER = QUESTIONS["_min_copier_version"]
+
+
+@nox.session
+@nox.parametrize(
+    "copier",
+    [f"copier=={MIN_COPIER}", "copier"],
+    ids=[f"copier-{MIN_COPIER}", "copier-newest"],
+)
+def update(session: nox.Session, copier: str) -> None:
+    """The update and question tests on the oldest and the newest copier.
+
+    The oldest is `_min_copier_version` from copier.yml; the newest has no upper
+    bound, so a new copier major breaks this session before it breaks a user.
+    """
+    test_group = nox.project.dependency_groups(PYPROJECT, "test")
+    others = [spec for spec in test_group if not spec.startswith("copier")]
+    session.install("--upgrade", copier, *others)
+    session.run("copier", "--version")
+    session.run(
+        "pytest", "tests/test_update.py", "tests/test_questions.py", *session.posargs
+    )
