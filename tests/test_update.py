@@ -61,7 +61,7 @@ class TemplateRepo:
         )  # fmt: skip
         for name in filter(None, listed.split("\0")):
             source = ROOT / name
-            if source.is_file():  # a tracked file deleted in the working tree
+            if source.is_file():  # not a tracked file deleted in the working tree
                 (path / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, path / name)
         git_init(path)
