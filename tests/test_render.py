@@ -1,6 +1,8 @@
 """Rendering: every variant, its exact file set, and output free of Jinja debris."""
 
 import re
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -227,3 +229,26 @@ def test_container_files(render, layout, database):
         "condition": "service_completed_successfully"
     }
     assert web_service["environment"]["SECRET_KEY"].startswith("${SECRET_KEY:?")
+
+
+LONGEST = {
+    "project_name": "Abcdefghij Klmnopqrst Uvwxyzabcd Efghijklmn Opqrstuvwx Yzabc",
+    "project_slug": "abcdefghij-klmnopqrst-uvwxyzabcd-efghijk",
+    "description": "A description long enough to need wrapping in docstrings. " * 4,
+}
+
+
+@pytest.mark.parametrize("database", DATABASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_longest_allowed_names_render_ruff_clean(render, layout, database):
+    assert len(LONGEST["project_name"]) == 60
+    assert len(LONGEST["project_slug"]) == 40
+    project = render(layout=layout, database=database, **LONGEST)
+    for command in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command],
+            cwd=project,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
