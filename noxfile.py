@@ -83,6 +83,15 @@ def postgres(session: nox.Session, layout: str) -> None:
     session.run("pytest", *session.posargs)
 
 
+@nox.session
+@nox.parametrize("layout", LAYOUTS, ids=LAYOUTS)
+def smoke(session: nox.Session, layout: str) -> None:
+    """Serve the Procfile's release and web commands under gunicorn; check over HTTP."""
+    project = render(session, layout, layout=layout)
+    install(session, project)
+    session.run("python", str(ROOT / "tests" / "smoke.py"), str(project))
+
+
 MIN_COPIER = QUESTIONS["_min_copier_version"]
 
 

@@ -46,6 +46,9 @@ def test_slug_and_package_derive_from_earlier_answers(render, answers, expected)
 BAD_ANSWERS = [
     ("project_name", "", "must not be empty"),
     ("project_name", 'Say "hi"', "must not contain double quotes"),
+    ("project_name", "x" * 61, "at most 60 characters"),
+    ("project_slug", "a" * 41, "at most 40 characters"),
+    ("package_name", "a" * 41, "at most 40 characters"),
     ("project_slug", "My-API", "is not a valid slug"),
     ("project_slug", "my_api", "is not a valid slug"),
     ("project_slug", "-api", "is not a valid slug"),

@@ -1,6 +1,8 @@
 """Rendering: every variant, its exact file set, and output free of Jinja debris."""
 
 import re
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -35,6 +37,7 @@ COMMON = {
     "tests/test_items.py",
     "tests/test_middleware.py",
     "tests/test_responses.py",
+    "tests/test_serving.py",
 }
 LAYOUT_FILES = {
     "single-file": {"app.py"},
@@ -203,3 +206,49 @@ def test_dependencies_follow_the_database(render, database):
     )
     for dependency in dependencies:
         assert "<" in dependency and ">=" in dependency, dependency
+
+
+@pytest.mark.parametrize("database", DATABASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_container_files(render, layout, database):
+    project = render(layout=layout, database=database)
+    dockerfile = (project / "Dockerfile").read_text()
+    web = (project / "Procfile").read_text().splitlines()[0]
+    target = re.search(r"'(\w+:create_app\(\))'", web).group(1)
+    assert dockerfile.startswith("# ")
+    assert "FROM python:3.11-slim\n" in dockerfile
+    assert "\nUSER app\n" in dockerfile
+    entrypoint = f'ENTRYPOINT ["gunicorn", "--config", "gunicorn.conf.py", "{target}"]'
+    assert dockerfile.rstrip().endswith(entrypoint)
+    ignored = (project / ".dockerignore").read_text().split()
+    assert {".env", ".git", "instance", ".venv"} <= set(ignored)
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    assert ("db" in compose["services"]) == (database == "postgresql")
+    web_service = compose["services"]["web"]
+    assert web_service["depends_on"]["migrate"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert web_service["environment"]["SECRET_KEY"].startswith("${SECRET_KEY:?")
+
+
+LONGEST = {
+    "project_name": "Abcdefghij Klmnopqrst Uvwxyzabcd Efghijklmn Opqrstuvwx Yzabc",
+    "project_slug": "abcdefghij-klmnopqrst-uvwxyzabcd-efghijk",
+    "description": "A description long enough to need wrapping in docstrings. " * 4,
+}
+
+
+@pytest.mark.parametrize("database", DATABASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_longest_allowed_names_render_ruff_clean(render, layout, database):
+    assert len(LONGEST["project_name"]) == 60
+    assert len(LONGEST["project_slug"]) == 40
+    project = render(layout=layout, database=database, **LONGEST)
+    for command in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command],
+            cwd=project,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
