@@ -32,7 +32,7 @@ COPIER = nox.project.dependency_groups(PYPROJECT, "render")[0]
 # 101 characters is accepted (negative_data_rejection) and a blank one is refused
 # (positive_data_acceptance), as SPEC.md says it must be.
 FUZZ_EXCLUDED_CHECKS = "negative_data_rejection,positive_data_acceptance"
-FUZZ_EXAMPLES_PER_OPERATION = 150
+FUZZ_EXAMPLES_PER_OPERATION = 200
 FUZZ_MIN_REQUESTS = 1000
 SERVER_ERROR_LINE = re.compile(r'"level": "(ERROR|CRITICAL)"|\[(ERROR|CRITICAL)\]')
 
