@@ -36,6 +36,7 @@ COMMON = {
     "tests/test_health.py",
     "tests/test_items.py",
     "tests/test_middleware.py",
+    "tests/test_openapi.py",
     "tests/test_responses.py",
     "tests/test_serving.py",
 }
@@ -52,6 +53,7 @@ LAYOUT_FILES = {
             "log",
             "middleware",
             "models",
+            "openapi",
             "responses",
             "schemas",
             "views",
@@ -77,6 +79,7 @@ LAYOUT_FILES = {
             "items/models",
             "items/schemas",
             "items/views",
+            "openapi",
         )
     },
 }
@@ -204,6 +207,7 @@ def test_dependencies_follow_the_database(render, database):
     assert any(d.startswith("psycopg") for d in dependencies) == (
         database == "postgresql"
     )
+    assert any(d.startswith("apispec[marshmallow]") for d in dependencies)
     for dependency in dependencies:
         assert "<" in dependency and ">=" in dependency, dependency
 
@@ -252,3 +256,27 @@ def test_longest_allowed_names_render_ruff_clean(render, layout, database):
             text=True,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dev_dependencies_are_bounded(render):
+    project = render()
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    dev = pyproject["project"]["optional-dependencies"]["dev"]
+    assert any(d.startswith("openapi-spec-validator") for d in dev)
+    for dependency in dev:
+        assert "<" in dependency and ">=" in dependency, dependency
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_openapi_has_the_same_names_in_every_layout(render, layout):
+    project = render(layout=layout)
+    module = "app.py" if layout == "single-file" else "my_api/openapi.py"
+    text = (project / module).read_text()
+    for definition in (
+        "def build_openapi(app: Flask)",
+        "def openapi_json()",
+        "def export_openapi(",
+        'openapi_bp = Blueprint("openapi", __name__)',
+        "OPERATIONS: dict[",
+    ):
+        assert text.count(definition) == 1, definition
