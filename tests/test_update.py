@@ -243,11 +243,11 @@ def test_update_applies_the_template_fix_and_keeps_user_edits(
 
 
 def requirements_to_run_tests(project: Path) -> list[str]:
-    """What a rendered project needs to run its own pytest: its dependencies,
-    pytest and pytest-cov (its pytest options ask for coverage)."""
+    """What a rendered project needs to run its own pytest: its dependencies and
+    its dev dependencies but the linter."""
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     dev = pyproject["project"]["optional-dependencies"]["dev"]
-    testing = [spec for spec in dev if Requirement(spec).name.startswith("pytest")]
+    testing = [spec for spec in dev if Requirement(spec).name != "ruff"]
     return pyproject["project"]["dependencies"] + testing
 
 
