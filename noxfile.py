@@ -45,7 +45,7 @@ nox.options.sessions = ["lint", "tests", "variant"]
 
 def render(session: nox.Session, name: str, **answers: str) -> Path:
     """Render the working tree (uncommitted changes included) with the copier CLI."""
-    destination = Path(session.create_tmp()) / name
+    destination = Path(session.create_tmp()).resolve() / name
     shutil.rmtree(destination, ignore_errors=True)
     data = [
         arg for key, value in answers.items() for arg in ("--data", f"{key}={value}")
