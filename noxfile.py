@@ -81,3 +81,28 @@ def postgres(session: nox.Session, layout: str) -> None:
     project = render(session, layout, layout=layout, database="postgresql")
     install(session, project)
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks, run only by name: render time, requests/s, overhead, suite time.
+
+    Prints one table with every figure beside its target; see benchmarks/README.md.
+    Needs wrk, which it installs from Debian's packages when it runs as root.
+    """
+    if shutil.which("wrk") is None:
+        if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+            session.error(
+                "bench needs the HTTP load generator wrk on PATH; install it "
+                "(Debian and Ubuntu: apt-get install wrk) or run this session as root."
+            )
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "wrk", external=True)
+    session.install(COPIER, "pyyaml")
+    project = render(session, "bench-project")
+    install(session, project)
+    session.chdir(ROOT)
+    session.run(
+        "python", "benchmarks/run.py", "--project", str(project),
+        "--work", session.create_tmp(), *session.posargs,
+    )  # fmt: skip
