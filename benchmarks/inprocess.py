@@ -16,8 +16,10 @@ import importlib
 import itertools
 import json
 import pstats
+import re
 import statistics
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from pathlib import Path
 from flask import Flask
 
 BENCHMARKS = Path(__file__).resolve().parent
+STDLIB = sysconfig.get_paths()["stdlib"]
 CASES = ("GET /health", "GET /api/v1/items/<id>", "POST /api/v1/items")
 
 
@@ -82,15 +85,43 @@ def measure(app_module: str, requests: int, rounds: int) -> dict:
     return results
 
 
+def owner(filename: str, function: str, app_module: str) -> str:
+    """The package a profiled function belongs to, for the by-package summary."""
+    if filename == "~":  # implemented in C: "<method 'x' of 'sqlite3.Cursor' objects>"
+        module = re.search(r"(?:of '|built-in method )_?(\w+)", function)
+        return f"{module.group(1) if module else 'builtins'} (C)"
+    if filename.startswith("<frozen"):
+        return "standard library"
+    if filename.startswith("<"):  # generated code: "<sqlalchemy generated ...>"
+        return filename[1:].split()[0].rstrip(">")
+    path = Path(filename)
+    if "site-packages" in path.parts:
+        return path.parts[path.parts.index("site-packages") + 1].removesuffix(".py")
+    if filename.startswith(STDLIB):
+        return "standard library"
+    if app_module in path.parts or path.stem == app_module:
+        return f"{app_module} (the rendered app)"
+    return path.name
+
+
 def profile(app_module: str, case: str, requests: int) -> None:
+    """Where the rendered app's time goes for one case: by package, then by function."""
     rendered, _, item_id = load_apps(app_module)
     send = request_maker(rendered, case, item_id)
     send()
     profiler = cProfile.Profile()
     profiler.runcall(microseconds_per_request, send, requests)
     report = pstats.Stats(profiler, stream=sys.stdout)
-    report.strip_dirs().sort_stats("tottime").print_stats(30)
-    report.sort_stats("cumulative").print_stats(40)
+    by_owner: dict[str, float] = {}
+    for (filename, _, function), (_, _, own_time, _, _) in report.stats.items():
+        name = owner(filename, function, app_module)
+        by_owner[name] = by_owner.get(name, 0.0) + own_time
+    total = sum(by_owner.values())
+    print(f"{case}: own time by package, {requests} requests under cProfile")
+    for name, seconds in sorted(by_owner.items(), key=lambda pair: -pair[1]):
+        print(f"{seconds / total:6.1%}  {seconds / requests * 1e6:7.1f} us  {name}")
+    report.strip_dirs().sort_stats("tottime").print_stats(25)
+    report.sort_stats("cumulative").print_stats(50)
 
 
 def main() -> None:
