@@ -10,7 +10,7 @@ the session's virtualenv, and calls this script:
 2. Requests per second of the rendered project, served by its Procfile's web command
    with its gunicorn.conf.py and production settings, against `bare_app.py` under the
    same gunicorn.conf.py; load from wrk on 127.0.0.1, A/B runs alternated.
-3. Microseconds per request in process (Flask's test client), app against bare Flask.
+3. CPU microseconds per request in process (Flask's test client), app vs bare Flask.
 4. Wall time of the rendered project's test suite, and the gunicorn workers' memory.
 
 Every figure is a median over alternated runs; the machine may be busy, so compare
@@ -172,7 +172,8 @@ def split_command(command: str, env: dict[str, str]) -> tuple[list[str], dict]:
     return argv, env
 
 
-def production_environment(port: int) -> dict[str, str]:
+def production_environment(work: Path, port: int) -> dict[str, str]:
+    """The rendered app's production settings; its database is a file in `work`."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -182,10 +183,26 @@ def production_environment(port: int) -> dict[str, str]:
         APP_ENV="production",
         SECRET_KEY=secrets.token_hex(32),
         CORS_ORIGINS="https://app.example",
+        DATABASE_URL=f"sqlite:///{work / 'bench.sqlite3'}",
         HOST=HOST,
         PORT=str(port),
     )
     return env
+
+
+def release(project: Path, work: Path) -> None:
+    """A fresh SQLite database, built by the Procfile's release command."""
+    for stale in work.glob("bench.sqlite3*"):
+        stale.unlink()
+    argv, env = split_command(
+        procfile(project)["release"], production_environment(work, 0)
+    )
+    with open(work / "release.log", "w") as release_log:
+        result = subprocess.run(
+            argv, cwd=project, env=env, stdout=release_log, stderr=release_log
+        )
+    if result.returncode != 0:
+        sys.exit(f"the release command failed; see {work / 'release.log'}")
 
 
 def free_port() -> int:
@@ -294,20 +311,7 @@ def load_cases(item_id: int) -> list[tuple[str, str, bool, float | None]]:
 def bench_http(project: Path, work: Path, rounds: int, duration: int) -> list[Row]:
     """The rendered app as its Procfile serves it, and bare Flask, under wrk."""
     commands = procfile(project)
-    env = production_environment(free_port())
-    # A fresh SQLite file (the instance folder's would outlive earlier runs).
-    for stale in work.glob("bench.sqlite3*"):
-        stale.unlink()
-    env["DATABASE_URL"] = f"sqlite:///{work / 'bench.sqlite3'}"
-    release, release_env = split_command(commands["release"], env)
-    with open(work / "release.log", "w") as release_log:
-        subprocess.run(
-            release,
-            cwd=project,
-            env=release_env,
-            stdout=release_log,
-            stderr=release_log,
-        ).check_returncode()
+    env = production_environment(work, free_port())
 
     with contextlib.ExitStack() as stack:
         web, web_env = split_command(commands["web"], env)
@@ -371,7 +375,7 @@ def bench_http(project: Path, work: Path, rounds: int, duration: int) -> list[Ro
 def bench_in_process(
     project: Path, app_module: str, work: Path, rounds: int
 ) -> list[Row]:
-    env = production_environment(free_port())
+    env = production_environment(work, free_port())
     with open(work / "inprocess.log", "w") as log_file:
         result = subprocess.run(
             [sys.executable, str(BENCHMARKS / "inprocess.py"), app_module]
@@ -388,7 +392,7 @@ def bench_in_process(
     for case, timings in json.loads(result.stdout).items():
         rows.append(
             Row(
-                f"{case} in process",
+                f"{case} in process (CPU)",
                 f"{timings['app']:.0f} us",
                 f"{timings['bare']:.0f} us",
                 f"+{timings['app'] - timings['bare']:.0f} us",
@@ -467,6 +471,7 @@ def main() -> None:
     )
 
     rows = bench_render(work, args.render_rounds)
+    release(project, work)
     rows += bench_http(project, work, args.http_rounds, args.duration)
     rows += bench_in_process(project, app_module, work, args.http_rounds)
     rows += bench_suite(project, args.suite_rounds)
