@@ -245,6 +245,14 @@ class Server:
                 children.append(int(stat.parent.name))
         return children
 
+    def worker_cpu_seconds(self) -> float:
+        """User and system CPU time of the workers so far, from /proc/<pid>/stat."""
+        ticks = 0
+        for pid in self.workers():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def worker_rss_mib(self) -> list[float]:
         sizes = []
         for pid in self.workers():
@@ -280,8 +288,8 @@ def post_json(url: str, body: dict) -> dict:
         return json.load(response)
 
 
-def wrk(url: str, duration: int, post_prefix: str | None = None) -> float:
-    """Requests/s from one wrk run; any non-2xx answer invalidates the run.
+def wrk(url: str, duration: int, post_prefix: str | None = None) -> tuple[float, int]:
+    """(requests/s, requests) of one wrk run; any non-2xx answer invalidates it.
 
     With `post_prefix`, wrk POSTs items named `<prefix>-t<thread>-<n>`, all unique.
     """
@@ -296,7 +304,8 @@ def wrk(url: str, duration: int, post_prefix: str | None = None) -> float:
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if bad:
         sys.exit(f"{url}: {bad.group(1)} non-2xx answers under load:\n{output}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    return rate, int(re.search(r"(\d+) requests in", output).group(1))
 
 
 def load_cases(item_id: int) -> list[tuple[str, str, bool, float | None]]:
@@ -305,6 +314,39 @@ def load_cases(item_id: int) -> list[tuple[str, str, bool, float | None]]:
         ("GET /health", "/health", False, HEALTH_TARGET),
         ("GET /api/v1/items/<id>", f"/api/v1/items/{item_id}", False, ITEM_READ_TARGET),
         ("POST /api/v1/items", "/api/v1/items", True, None),
+    ]
+
+
+def load_rows(
+    case: str,
+    rates: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    target: float | None,
+) -> list[Row]:
+    """Requests/s and worker CPU per request, app against bare, for one case.
+
+    The ratio is the median of each round's ratio: the two runs of a round are
+    back to back, so a change in the machine's load hits both alike.
+    """
+    ratio = statistics.median(a / b for a, b in zip(*rates.values(), strict=True))
+    cpu_ratio = statistics.median(a / b for a, b in zip(*cpu.values(), strict=True))
+    app_rate, bare_rate = (statistics.median(values) for values in rates.values())
+    app_cpu, bare_cpu = (statistics.median(values) for values in cpu.values())
+    return [
+        Row(
+            f"{case} under gunicorn",
+            f"{app_rate:.0f} req/s",
+            f"{bare_rate:.0f} req/s",
+            f"{ratio:.2f}x",
+            f">= {target}x" if target else "",
+            verdict(ratio >= target) if target else "",
+        ),
+        Row(
+            f"{case} worker CPU per request",
+            f"{app_cpu:.0f} us",
+            f"{bare_cpu:.0f} us",
+            f"{cpu_ratio:.2f}x",
+        ),
     ]
 
 
@@ -339,25 +381,19 @@ def bench_http(project: Path, work: Path, rounds: int, duration: int) -> list[Ro
         rows = []
         for case, path, posts, target in load_cases(item["id"]):
             rates: dict[str, list[float]] = {"app": [], "bare": []}
+            cpu: dict[str, list[float]] = {"app": [], "bare": []}
             for name, server in servers.items():  # warm-up, not recorded
                 wrk(server.url(path), 1, f"warm-{name}" if posts else None)
             for round_number in range(rounds):
                 for name in alternate(list(servers), round_number):
                     prefix = f"r{round_number}-{name}" if posts else None
-                    rates[name].append(wrk(servers[name].url(path), duration, prefix))
-            log(f"{case}: app {rates['app']}, bare {rates['bare']}")
-            app_rate, bare_rate = (statistics.median(rates[n]) for n in servers)
-            ratio = app_rate / bare_rate
-            rows.append(
-                Row(
-                    f"{case} under gunicorn",
-                    f"{app_rate:.0f} req/s",
-                    f"{bare_rate:.0f} req/s",
-                    f"{ratio:.2f}x",
-                    f">= {target}x" if target else "",
-                    verdict(ratio >= target) if target else "",
-                )
-            )
+                    cpu_before = servers[name].worker_cpu_seconds()
+                    rate, requests = wrk(servers[name].url(path), duration, prefix)
+                    cpu_used = servers[name].worker_cpu_seconds() - cpu_before
+                    rates[name].append(rate)
+                    cpu[name].append(cpu_used / requests * 1e6)
+            log(f"{case}: app {rates['app']}, bare {rates['bare']} req/s")
+            rows += load_rows(case, rates, cpu, target)
         rss = {name: server.worker_rss_mib() for name, server in servers.items()}
         rows.append(
             Row(
