@@ -228,3 +228,28 @@ def fuzz(session: nox.Session, layout: str) -> None:
         session.error("the server logged errors:\n" + "\n".join(errors))
     if min(generated, served) < FUZZ_MIN_REQUESTS:
         session.error(f"fewer than {FUZZ_MIN_REQUESTS} requests")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks, run only by name: render time, requests/s, overhead, suite time.
+
+    Prints one table with every figure beside its target; see benchmarks/README.md.
+    Needs wrk, which it installs from Debian's packages when it runs as root.
+    """
+    if shutil.which("wrk") is None:
+        if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+            session.error(
+                "bench needs the HTTP load generator wrk on PATH; install it "
+                "(Debian and Ubuntu: apt-get install wrk) or run this session as root."
+            )
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "wrk", external=True)
+    session.install(COPIER, "pyyaml")
+    project = render(session, "bench-project")
+    install(session, project)
+    session.chdir(ROOT)
+    session.run(
+        "python", "benchmarks/run.py", "--project", str(project),
+        "--work", session.create_tmp(), *session.posargs,
+    )  # fmt: skip

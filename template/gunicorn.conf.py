@@ -17,6 +17,11 @@ timeout = 30
 # No runtime control socket: nothing on the host can reconfigure the server.
 control_socket_disable = True
 
+# Workers touch a heartbeat file on every request; keep it in memory, not on a disk
+# or a container's overlay filesystem, where that write can stall a worker.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
 # The app writes one log line per request itself, with the request id.
 accesslog = None
 errorlog = "-"
