@@ -1,5 +1,6 @@
 """copier.yml: defaults that work unattended, and validators that explain refusals."""
 
+import ast
 import re
 
 import pytest
@@ -102,3 +103,24 @@ def test_bad_answers_are_refused_with_what_is_allowed(
 def test_good_answers_are_accepted(render, question, value):
     project = render(**{question: value})
     assert (project / "pyproject.toml").exists()
+
+
+def shadowing_names() -> set[str]:
+    """The names the package_name validator refuses as shadowing."""
+    validator = QUESTIONS["package_name"]["validator"]
+    listed = re.search(r"set shadowing = (\[.*?\]) %\}", validator, re.S).group(1)
+    return set(ast.literal_eval(listed))
+
+
+@pytest.mark.parametrize("layout", ["single-file", "large"])
+def test_every_module_the_project_imports_is_refused_as_a_package_name(render, layout):
+    project = render(layout=layout, database="postgresql")
+    imported = set()
+    for path in project.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    imported -= {"app", "my_api"}
+    assert imported - shadowing_names() == set()

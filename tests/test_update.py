@@ -191,8 +191,8 @@ def release_a_template_fix(template: TemplateRepo) -> None:
     an unchanged file rewritten, a file added and a file dropped."""
     template.replace(
         "includes/code/config.py.jinja",
-        'SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}',
-        'SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True, "pool_recycle": 1800}',
+        "    MAX_CONTENT_LENGTH = 1024 * 1024",
+        "    MAX_CONTENT_LENGTH = 2 * 1024 * 1024",
     )
     template.replace(
         "template/pyproject.toml.jinja",
@@ -229,7 +229,10 @@ def test_update_applies_the_template_fix_and_keeps_user_edits(
     update(project, "v1.1.0", conflict=conflict)
 
     assert_no_conflicts(project)
-    assert '"pool_recycle": 1800' in (project / "shop/config.py").read_text()
+    assert (
+        "MAX_CONTENT_LENGTH = 2 * 1024 * 1024"
+        in (project / "shop/config.py").read_text()
+    )
     assert '"W", "RUF"]' in (project / "pyproject.toml").read_text()
     assert "timeout = 60\n" in (project / "gunicorn.conf.py").read_text()
     assert (project / ".editorconfig").read_text() == "root = true\n"
