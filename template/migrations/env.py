@@ -1,9 +1,12 @@
 """Alembic environment: migrations run on the application's own engine and models."""
 
 import logging
+from typing import Any
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from flask import current_app
+from sqlalchemy.types import TypeDecorator
 
 logger = logging.getLogger("alembic.env")
 config = context.config
@@ -12,6 +15,19 @@ config.set_main_option(
     "sqlalchemy.url",
     db.engine.url.render_as_string(hide_password=False).replace("%", "%%"),
 )
+
+
+def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+    """Write a custom column type as the database type it stores.
+
+    Autogenerate would otherwise write the app's own class by its module path
+    (`my_api.models.UTCDateTime(...)`), which nothing in the revision imports, and
+    the upgrade would fail with a NameError. A revision should not import app code
+    anyway: the class may change or move after the revision is written.
+    """
+    if kind == "type" and isinstance(obj, TypeDecorator):
+        return f"sa.{obj.impl!r}"
+    return False
 
 
 def run_migrations_offline() -> None:
@@ -35,6 +51,7 @@ def run_migrations_online() -> None:
 
     configure_args = current_app.extensions["migrate"].configure_args
     configure_args.setdefault("process_revision_directives", skip_empty_revision)
+    configure_args.setdefault("render_item", render_item)
     with db.engine.connect() as connection:
         context.configure(
             connection=connection, target_metadata=db.metadata, **configure_args
