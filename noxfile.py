@@ -129,7 +129,11 @@ def update(session: nox.Session, copier: str) -> None:
     session.install("--upgrade", copier, *others)
     session.run("copier", "--version")
     session.run(
-        "pytest", "tests/test_update.py", "tests/test_questions.py", *session.posargs
+        "pytest",
+        "tests/test_update.py",
+        "tests/test_update_release.py",
+        "tests/test_questions.py",
+        *session.posargs,
     )
 
 
