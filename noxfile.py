@@ -6,6 +6,9 @@ variant list is read from copier.yml, so a new choice there is a new session her
 """
 
 import contextlib
+import functools
+import html
+import http.server
 import json
 import os
 import re
@@ -13,6 +16,8 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,7 +39,17 @@ COPIER = nox.project.dependency_groups(PYPROJECT, "render")[0]
 FUZZ_EXCLUDED_CHECKS = "negative_data_rejection,positive_data_acceptance"
 FUZZ_EXAMPLES_PER_OPERATION = 200
 FUZZ_MIN_REQUESTS = 1000
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SERVER_ERROR_LINE = re.compile(r'"level": "(ERROR|CRITICAL)"|\[(ERROR|CRITICAL)\]')
+# Without Access-Control-Max-Age, Chromium keeps a preflight's answer for 5 s: the
+# `browser` page waits longer than that between its two POSTs.
+BROWSER_PAUSE_SECONDS = 6
+# Headless Chromium for `browser`, with nothing that reaches beyond 127.0.0.1.
+CHROMIUM = [
+    "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--virtual-time-budget=20000", "--dump-dom",
+]  # fmt: skip
 
 # Use the interpreters on this machine; never let uv download one.
 os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
@@ -234,6 +249,19 @@ def fuzz(session: nox.Session, layout: str) -> None:
         session.error(f"fewer than {FUZZ_MIN_REQUESTS} requests")
 
 
+def apt_install(session: nox.Session, command: str, package: str) -> None:
+    """Install a Debian package when its command is missing: only as root on Debian."""
+    if shutil.which(command) is not None:
+        return
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        session.error(
+            f"{session.name} needs {command} on PATH; install it (Debian and Ubuntu: "
+            f"apt-get install {package}) or run this session as root."
+        )
+    session.run("apt-get", "update", "-qq", external=True)
+    session.run("apt-get", "install", "-y", "-qq", package, external=True)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks, run only by name: render time, requests/s, overhead, suite time.
@@ -241,14 +269,7 @@ def bench(session: nox.Session) -> None:
     Prints one table with every figure beside its target; see benchmarks/README.md.
     Needs wrk, which it installs from Debian's packages when it runs as root.
     """
-    if shutil.which("wrk") is None:
-        if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
-            session.error(
-                "bench needs the HTTP load generator wrk on PATH; install it "
-                "(Debian and Ubuntu: apt-get install wrk) or run this session as root."
-            )
-        session.run("apt-get", "update", "-qq", external=True)
-        session.run("apt-get", "install", "-y", "-qq", "wrk", external=True)
+    apt_install(session, "wrk", "wrk")
     session.install(COPIER, "pyyaml")
     project = render(session, "bench-project")
     install(session, project)
@@ -257,3 +278,185 @@ def bench(session: nox.Session) -> None:
         "python", "benchmarks/run.py", "--project", str(project),
         "--work", session.create_tmp(), *session.posargs,
     )  # fmt: skip
+
+
+class PageHandler(http.server.SimpleHTTPRequestHandler):
+    """A folder's files, without a log line per request, and `/pause`, which
+    answers after BROWSER_PAUSE_SECONDS."""
+
+    def do_GET(self) -> None:
+        if self.path != "/pause":
+            super().do_GET()
+            return
+        time.sleep(BROWSER_PAUSE_SECONDS)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    """Serve a folder's files on 127.0.0.1 from a thread; yield the origin."""
+    handler = functools.partial(PageHandler, directory=str(directory))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            server.shutdown()
+
+
+# The pages for `browser`. Each fetch records what the page's own code can read;
+# the findings go into the DOM as JSON, which Chromium dumps when the page is done.
+BROWSER_PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>CORS check</title>
+<pre id="result">not run</pre>
+<script>
+const config = %s;
+
+async function postItem(api, name) {
+  const response = await fetch(`${api}/api/v1/items`, {
+    method: "POST",
+    headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({name}),
+  });
+  return {
+    status: response.status,
+    requestId: response.headers.get("X-Request-ID"),
+    location: response.headers.get("Location"),
+    retryAfter: response.headers.get("Retry-After"),
+  };
+}
+
+async function attempt(step) {
+  try {
+    return await step();
+  } catch (error) {
+    return {rejected: String(error)};
+  }
+}
+
+async function run() {
+  const result = {};
+  if (config.refused) {
+    result.refused = await attempt(async () => {
+      const response = await fetch(`${config.api}/api/v1/items`);
+      return {status: response.status};
+    });
+  } else {
+    result.first = await attempt(() => postItem(config.api, "first"));
+    await fetch("/pause");
+    result.second = await attempt(() => postItem(config.api, "second"));
+    result.down = await attempt(() => postItem(config.down, "third"));
+  }
+  document.getElementById("result").textContent = JSON.stringify(result);
+}
+
+run();
+</script>
+"""
+
+
+def run_page(session: nox.Session, url: str) -> dict:
+    """Load a page in headless Chromium with a fresh profile; return its findings."""
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            [*CHROMIUM, f"--user-data-dir={profile}", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
+    if found is None or found[1] == "not run":
+        session.error(f"the page at {url} did not finish:\n{dom}")
+    return json.loads(html.unescape(found[1]))
+
+
+def requests_logged(log: Path) -> list[tuple[str, str, int]]:
+    """Method, path and status of each request in the app's JSON access log."""
+    entries = [
+        json.loads(line) for line in log.read_text().splitlines() if line[:1] == "{"
+    ]
+    return [
+        (entry["method"], entry["path"], entry["status"])
+        for entry in entries
+        if "method" in entry
+    ]
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """What browser code on another origin can do with the API, in headless Chromium.
+
+    A page from an allowed origin POSTs JSON twice (one preflight, cached for the
+    second thanks to Access-Control-Max-Age), reads X-Request-ID and Location, and
+    reads Retry-After from a server in maintenance; a page from another origin cannot
+    read any answer. Needs Debian's chromium, which it installs when run as root.
+    """
+    apt_install(session, "chromium", "chromium")
+    session.run("chromium", "--version", external=True)
+    project = render(session, "browser-project")
+    install(session, project)
+    pages = Path(session.create_tmp()).resolve() / "browser-pages"
+    shutil.rmtree(pages, ignore_errors=True)
+    pages.mkdir()
+    env = {
+        "APP_ENV": "production",
+        "SECRET_KEY": secrets.token_hex(32),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+    }
+    session.run("sh", "-c", procfile(project)["release"], env=env, external=True)
+    api_log, down_log = project / "api.log", project / "down.log"
+    with (
+        serve_directory(pages) as allowed,
+        serve_directory(pages) as refused,
+        serve(session, project, {**env, "CORS_ORIGINS": allowed}, api_log) as api,
+        serve(
+            session,
+            project,
+            {**env, "CORS_ORIGINS": allowed, "MAINTENANCE_MODE": "true"},
+            down_log,
+        ) as down,
+    ):
+        for name, config in [
+            ("allowed", {"api": api, "down": down}),
+            ("refused", {"api": api, "refused": True}),
+        ]:
+            (pages / f"{name}.html").write_text(BROWSER_PAGE % json.dumps(config))
+        started = time.monotonic()
+        found = run_page(session, f"{allowed}/allowed.html")
+        found |= run_page(session, f"{refused}/refused.html")
+        elapsed = time.monotonic() - started
+    api_requests, down_requests = requests_logged(api_log), requests_logged(down_log)
+    methods = [method for method, _, _ in api_requests]
+    preflights = methods.count("OPTIONS")
+    session.log(f"two page loads in {elapsed:.1f} s; what the pages read: {found}")
+    session.log(
+        f"preflights: {preflights} for {methods.count('POST')} JSON POSTs "
+        f"{BROWSER_PAUSE_SECONDS} s apart; maintenance server: {down_requests}"
+    )
+    first, second, maintenance = found["first"], found["second"], found["down"]
+    checks = {
+        "both POSTs answered 201": first.get("status") == second.get("status") == 201,
+        "X-Request-ID read": all(
+            REQUEST_ID.fullmatch(answer.get("requestId") or "")
+            for answer in (first, second)
+        ),
+        "Location read": all(
+            (answer.get("location") or "").startswith("/api/v1/items/")
+            for answer in (first, second)
+        ),
+        "Retry-After read on a 503": maintenance.get("status") == 503
+        and (maintenance.get("retryAfter") or "").isdigit(),
+        "one preflight for two POSTs": preflights == 1,
+        "another origin cannot read an answer": "rejected" in found["refused"]
+        and ("GET", "/api/v1/items", 200) in api_requests,
+    }
+    failed = [check for check, passed in checks.items() if not passed]
+    if failed:
+        session.error("the browser could not confirm: " + "; ".join(failed))
