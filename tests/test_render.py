@@ -221,7 +221,7 @@ def test_container_files(render, layout, database):
     target = re.search(r"'(\w+:create_app\(\))'", web).group(1)
     assert dockerfile.startswith("# ")
     assert "FROM python:3.11-slim\n" in dockerfile
-    assert "\nUSER app\n" in dockerfile
+    assert "\nUSER 10001:10001\n" in dockerfile
     entrypoint = f'ENTRYPOINT ["gunicorn", "--config", "gunicorn.conf.py", "{target}"]'
     assert dockerfile.rstrip().endswith(entrypoint)
     ignored = (project / ".dockerignore").read_text().split()
