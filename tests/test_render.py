@@ -15,6 +15,7 @@ COMMON = {
     ".env.example",
     ".flaskenv",
     ".gitattributes",
+    ".github/dependabot.yml",
     ".github/workflows/ci.yml",
     ".gitignore",
     "Dockerfile",
@@ -117,6 +118,7 @@ def test_optional_files_can_be_left_out(render, layout):
         ".dockerignore",
         "Dockerfile",
         "compose.yaml",
+        ".github/dependabot.yml",
         ".github/workflows/ci.yml",
     }
     assert files_of(project) == (COMMON - left_out) | LAYOUT_FILES[layout]
