@@ -263,10 +263,29 @@ def test_longest_allowed_names_render_ruff_clean(render, layout, database):
 def test_dev_dependencies_are_bounded(render):
     project = render()
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
-    dev = pyproject["project"]["optional-dependencies"]["dev"]
+    assert "optional-dependencies" not in pyproject["project"]
+    dev = pyproject["dependency-groups"]["dev"]
     assert any(d.startswith("openapi-spec-validator") for d in dev)
     for dependency in dev:
         assert "<" in dependency and ">=" in dependency, dependency
+
+
+def test_every_pip_install_instruction_upgrades_pip_and_takes_the_dev_group(render):
+    """pip reads dependency groups from 25.1 on; a fresh venv may have an older one.
+    `nox -s installs` runs the README's commands; these must say the same."""
+    project = render()
+    readme = (project / "README.md").read_text()
+    install = re.search(r"^## Install\n.*?^```sh\n(.*?)^```", readme, re.M | re.S)[1]
+    workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())
+    steps = [step["run"] for step in workflow["jobs"]["test"]["steps"] if "run" in step]
+    message = QUESTIONS["_message_after_copy"]
+    for text in (install, "\n".join(steps), message):
+        commands = [line.split("#")[0].strip() for line in text.splitlines()]
+        pip = [command for command in commands if command.startswith("python -m pip")]
+        assert pip == [
+            "python -m pip install --upgrade pip",
+            "python -m pip install -e . --group dev",
+        ], text
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
