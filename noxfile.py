@@ -73,8 +73,10 @@ def render(session: nox.Session, name: str, **answers: str) -> Path:
 
 
 def install(session: nox.Session, project: Path) -> None:
-    session.install("-e", f"{project}[dev]")
+    """The project, editable, with its `dev` dependency group (read from the
+    pyproject.toml in the working directory)."""
     session.chdir(project)
+    session.install("-e", ".", "--group", "dev")
 
 
 @nox.session
@@ -122,6 +124,28 @@ def smoke(session: nox.Session, layout: str) -> None:
     project = render(session, layout, layout=layout)
     install(session, project)
     session.run("python", str(ROOT / "tests" / "smoke.py"), str(project))
+
+
+@nox.session
+def installs(session: nox.Session) -> None:
+    """A rendered project installed as its README says: pip, then `uv sync`.
+
+    The README's Install commands run as written (a fresh venv, pip upgraded, the
+    `dev` group); another render runs `uv sync`. Each suite runs in what was made.
+    """
+    for_pip, for_uv = render(session, "installs-pip"), render(session, "installs-uv")
+    readme = (for_pip / "README.md").read_text()
+    commands = re.search(r"^## Install\n.*?^```sh\n(.*?)^```", readme, re.M | re.S)[1]
+    session.chdir(for_pip)
+    session.run("sh", "-e", "-c", commands, external=True)
+    session.run(".venv/bin/python", "-m", "pytest", "-q", external=True)
+
+    session.chdir(for_uv)
+    # uv's own project environment (.venv), never nox's; an installed interpreter of
+    # the project's minimum version, never a download.
+    uv_env = {"VIRTUAL_ENV": None, "UV_PYTHON": QUESTIONS["python_version"]["default"]}
+    session.run("uv", "sync", env=uv_env)
+    session.run("uv", "run", "pytest", "-q", env=uv_env)
 
 
 MIN_COPIER = QUESTIONS["_min_copier_version"]

@@ -15,6 +15,7 @@ COMMON = {
     ".env.example",
     ".flaskenv",
     ".gitattributes",
+    ".github/dependabot.yml",
     ".github/workflows/ci.yml",
     ".gitignore",
     "Dockerfile",
@@ -117,6 +118,7 @@ def test_optional_files_can_be_left_out(render, layout):
         ".dockerignore",
         "Dockerfile",
         "compose.yaml",
+        ".github/dependabot.yml",
         ".github/workflows/ci.yml",
     }
     assert files_of(project) == (COMMON - left_out) | LAYOUT_FILES[layout]
@@ -221,7 +223,7 @@ def test_container_files(render, layout, database):
     target = re.search(r"'(\w+:create_app\(\))'", web).group(1)
     assert dockerfile.startswith("# ")
     assert "FROM python:3.11-slim\n" in dockerfile
-    assert "\nUSER app\n" in dockerfile
+    assert "\nUSER 10001:10001\n" in dockerfile
     entrypoint = f'ENTRYPOINT ["gunicorn", "--config", "gunicorn.conf.py", "{target}"]'
     assert dockerfile.rstrip().endswith(entrypoint)
     ignored = (project / ".dockerignore").read_text().split()
@@ -261,10 +263,29 @@ def test_longest_allowed_names_render_ruff_clean(render, layout, database):
 def test_dev_dependencies_are_bounded(render):
     project = render()
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
-    dev = pyproject["project"]["optional-dependencies"]["dev"]
+    assert "optional-dependencies" not in pyproject["project"]
+    dev = pyproject["dependency-groups"]["dev"]
     assert any(d.startswith("openapi-spec-validator") for d in dev)
     for dependency in dev:
         assert "<" in dependency and ">=" in dependency, dependency
+
+
+def test_every_pip_install_instruction_upgrades_pip_and_takes_the_dev_group(render):
+    """pip reads dependency groups from 25.1 on; a fresh venv may have an older one.
+    `nox -s installs` runs the README's commands; these must say the same."""
+    project = render()
+    readme = (project / "README.md").read_text()
+    install = re.search(r"^## Install\n.*?^```sh\n(.*?)^```", readme, re.M | re.S)[1]
+    workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())
+    steps = [step["run"] for step in workflow["jobs"]["test"]["steps"] if "run" in step]
+    message = QUESTIONS["_message_after_copy"]
+    for text in (install, "\n".join(steps), message):
+        commands = [line.split("#")[0].strip() for line in text.splitlines()]
+        pip = [command for command in commands if command.startswith("python -m pip")]
+        assert pip == [
+            "python -m pip install --upgrade pip",
+            "python -m pip install -e . --group dev",
+        ], text
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

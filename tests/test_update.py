@@ -249,7 +249,7 @@ def requirements_to_run_tests(project: Path) -> list[str]:
     """What a rendered project needs to run its own pytest: its dependencies and
     its dev dependencies but the linter."""
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
-    dev = pyproject["project"]["optional-dependencies"]["dev"]
+    dev = pyproject["dependency-groups"]["dev"]
     testing = [spec for spec in dev if Requirement(spec).name != "ruff"]
     return pyproject["project"]["dependencies"] + testing
 
