@@ -177,6 +177,44 @@ def check_graceful_shutdown(port: int, server: subprocess.Popen) -> None:
     check(code == 0, f"gunicorn exits 0 after SIGTERM (got {code})")
 
 
+def check_every_line_is_json(log: str) -> None:
+    """With LOG_FORMAT=json, gunicorn's own lines are JSON like the app's."""
+    entries = []
+    for line in log.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            raise SystemExit(
+                f"smoke: FAILED: a log line is not JSON: {line!r}"
+            ) from None
+    check(bool(entries), f"every one of the server's {len(entries)} log lines is JSON")
+    messages = [(entry["logger"], entry["message"]) for entry in entries]
+    for expected in (
+        "Starting gunicorn",
+        "Booting worker",
+        "Handling signal: term",
+        "Shutting down",
+    ):
+        check(
+            any(
+                logger == "gunicorn.error" and message.startswith(expected)
+                for logger, message in messages
+            ),
+            f"gunicorn's '{expected}' line is JSON",
+        )
+    check(
+        any(
+            entry.get("path") == "/health" and entry["request_id"] == "smoke-1"
+            for entry in entries
+        ),
+        "the app's request lines are JSON, with the request id",
+    )
+    check(
+        all(logger != "gunicorn.access" for logger, _ in messages),
+        "gunicorn writes no access line of its own",
+    )
+
+
 def main(project: Path) -> None:
     port = free_port()
     env = {
@@ -188,23 +226,34 @@ def main(project: Path) -> None:
         "PORT": str(port),
         "WEB_CONCURRENCY": str(IN_FLIGHT),
         "GRACEFUL_TIMEOUT": "20",
+        "LOG_FORMAT": "json",
     }
     check_refuses_without_secret(project, env)
     commands = procfile(project)
     release = subprocess.run(["bash", "-c", commands["release"]], cwd=project, env=env)
     check(release.returncode == 0, f"release: {commands['release']}")
     print(f"smoke: starting web: {commands['web']} on port {port}")
-    server = subprocess.Popen(
-        ["bash", "-c", f"exec {commands['web']}"], cwd=project, env=env
-    )
+    log = project / "gunicorn.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            ["bash", "-c", f"exec {commands['web']}"],
+            cwd=project,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until_serving(port, server, time.monotonic() + 60)
         check_api(port)
         check_graceful_shutdown(port, server)
+    except BaseException:
+        print(f"smoke: the server's log:\n{log.read_text()}", file=sys.stderr)
+        raise
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+    check_every_line_is_json(log.read_text())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 import yaml
-from conftest import DATABASES, LAYOUTS, QUESTIONS
+from conftest import DATABASES, LAYOUTS, QUESTIONS, ROOT
 
 COMMON = {
     ".copier-answers.yml",
@@ -89,6 +89,12 @@ TEXT_FILES = re.compile(
     r"LICENSE|\.flaskenv|\.git\w+|\.dockerignore)$"
 )
 
+# Every file copier renders: the `.jinja` files and what they include.
+TEMPLATE_SOURCES = sorted(
+    [*(ROOT / "template").rglob("*.jinja"), *(ROOT / "includes").rglob("*.*")]
+)
+BLOCK_OR_COMMENT_TAG = re.compile(r"\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+
 
 def files_of(project):
     return {
@@ -141,6 +147,25 @@ def test_no_jinja_debris(render, layout, database):
         assert "\n\n\n\n" not in text, name
         if not name.endswith((".py", ".mako")):
             assert "\n\n\n" not in text, name
+
+
+def test_no_tag_ends_a_line_of_text():
+    """trim_blocks drops the newline after a block or comment tag. After a tag alone
+    on its line that is what we want; after text, that text runs into the next line
+    (v0.1.0's README said "the `flask` commandand points it at")."""
+    glued = []
+    for path in TEMPLATE_SOURCES:
+        source = path.read_text()
+        for tag in BLOCK_OR_COMMENT_TAG.finditer(source):
+            if source[tag.end() : tag.end() + 1] != "\n":
+                continue
+            line_start = source.rfind("\n", 0, tag.start()) + 1
+            text_before = BLOCK_OR_COMMENT_TAG.sub("", source[line_start : tag.start()])
+            if text_before.strip():
+                line = source.count("\n", 0, tag.start()) + 1
+                glued.append(f"{path.relative_to(ROOT)}:{line}")
+    assert TEMPLATE_SOURCES
+    assert glued == []
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

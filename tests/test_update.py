@@ -199,7 +199,9 @@ def release_a_template_fix(template: TemplateRepo) -> None:
         '"SIM", "UP", "W"]',
         '"SIM", "UP", "W", "RUF"]',
     )
-    template.replace("template/gunicorn.conf.py", "timeout = 30\n", "timeout = 60\n")
+    template.replace(
+        "template/gunicorn.conf.py.jinja", "timeout = 30\n", "timeout = 60\n"
+    )
     (template.path / "template/.editorconfig").write_text("root = true\n")
     (template.path / "template/{% if docker %}.dockerignore{% endif %}").unlink()
     template.release("v1.1.0")
