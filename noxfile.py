@@ -11,6 +11,7 @@ import html
 import http.server
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
