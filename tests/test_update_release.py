@@ -9,6 +9,7 @@ section says what to do about each one listed in EXPECTED_CONFLICTS.
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,8 +21,13 @@ from test_update import CONFLICT_MARKERS, commit_all, git, git_init, tree
 
 # The previous release, by commit so that a clone without tags can run this too.
 PREVIOUS_RELEASE = ("v0.1.0", "e5d6fdc4e030da3ec58b8c51129e020482355bb9")
-# Files where this release and the user's edits below touch the same lines.
-EXPECTED_CONFLICTS: set[str] = set()
+# Files where this release and the user's edits below touch the same lines, and
+# how CHANGELOG.md's "Updating from 0.1" section says to resolve each.
+EXPECTED_CONFLICTS = {"README.md", "shop/core/config.py", "tests/conftest.py"}
+TEMPLATE_SIDE = re.compile(
+    r"^<<<<<<< before updating\n.*?^=======\n(.*?)^>>>>>>> after updating\n",
+    re.MULTILINE | re.DOTALL,
+)
 
 
 def dedent(text: str) -> str:
@@ -263,6 +269,23 @@ def conflicted(project: Path) -> set[str]:
     return rejected | marked
 
 
+def resolve_as_the_changelog_says(project: Path) -> None:
+    """Keep the template's side of each conflict, then put the user's work back:
+    the setting becomes one line of SETTINGS (its variable, the Config attribute
+    and the isolation list are derived now), the README section goes last."""
+    for name in EXPECTED_CONFLICTS:
+        file = project / name
+        file.write_text(TEMPLATE_SIDE.sub(r"\1", file.read_text()))
+    add_after(
+        project,
+        "shop/core/config.py",
+        '    Setting("OPENAPI_ENABLED", False, boolean),\n',
+        '    Setting("ORDER_LIMIT", 100, non_negative_int),\n',
+    )
+    with (project / "README.md").open("a") as readme:
+        readme.write(README_SECTION)
+
+
 def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
     tag, commit = PREVIOUS_RELEASE
     project = tmp_path / "shop"
@@ -294,14 +317,17 @@ def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
     )
 
     assert conflicted(project) == EXPECTED_CONFLICTS
+    assert git(project, "status", "--porcelain")  # the update changed something
     files = tree(project)
     for name in ORDERS_FILES:
         assert files[name] == users_files[name], name
-    for name, anchor, added in [*ORDERS_EDITS, *SETTING_EDITS]:
+    for name, anchor, added in ORDERS_EDITS:
         assert anchor + added in files[name].decode(), (name, added)
+    assert SETTING_EDITS[-1][2] in files[".env.example"].decode()
     assert DEPENDENCY_EDIT[1] in files["pyproject.toml"].decode()
-    readme = files["README.md"].decode()
-    assert README_INTRO in readme and readme.endswith(README_SECTION)
-    assert git(project, "status", "--porcelain")  # the update changed something
+    assert README_INTRO in files["README.md"].decode()
+    resolve_as_the_changelog_says(project)
+    assert conflicted(project) == set()
+    assert (project / "README.md").read_text().endswith(README_SECTION)
     after = run_project_tests(project)
     assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
