@@ -191,8 +191,8 @@ def release_a_template_fix(template: TemplateRepo) -> None:
     an unchanged file rewritten, a file added and a file dropped."""
     template.replace(
         "includes/code/config.py.jinja",
-        "    MAX_CONTENT_LENGTH = 1024 * 1024",
-        "    MAX_CONTENT_LENGTH = 2 * 1024 * 1024",
+        '    Setting("MAX_CONTENT_LENGTH", 1024 * 1024, non_negative_int),',
+        '    Setting("MAX_CONTENT_LENGTH", 2 * 1024 * 1024, non_negative_int),',
     )
     template.replace(
         "template/pyproject.toml.jinja",
@@ -232,7 +232,7 @@ def test_update_applies_the_template_fix_and_keeps_user_edits(
 
     assert_no_conflicts(project)
     assert (
-        "MAX_CONTENT_LENGTH = 2 * 1024 * 1024"
+        'Setting("MAX_CONTENT_LENGTH", 2 * 1024 * 1024, non_negative_int)'
         in (project / "shop/config.py").read_text()
     )
     assert '"W", "RUF"]' in (project / "pyproject.toml").read_text()
