@@ -273,6 +273,57 @@ def fuzz(session: nox.Session, layout: str) -> None:
         session.error(f"fewer than {FUZZ_MIN_REQUESTS} requests")
 
 
+@nox.session
+def openapi(session: nox.Session) -> None:
+    """The OpenAPI document, put to the tools its readers will use.
+
+    Each layout exports the same document with `flask <slug> openapi`. A client that
+    openapi-python-client generates from it drives a served project: it creates an
+    item, PATCHes its name alone (the description must stay), reads and lists.
+    """
+    session.install(*nox.project.dependency_groups(PYPROJECT, "openapi"))
+    work = Path(session.create_tmp()).resolve()
+    projects = {
+        layout: render(session, f"openapi-{layout}", layout=layout)
+        for layout in LAYOUTS
+    }
+    documents = {}
+    for layout, project in projects.items():
+        install(session, project)
+        answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+        exported = project / "openapi.json"
+        session.run(
+            "flask", answers["project_slug"], "openapi", "--output", str(exported)
+        )
+        documents[layout] = json.loads(exported.read_text())
+    differing = [name for name in LAYOUTS if documents[name] != documents[LAYOUTS[0]]]
+    if differing:
+        session.error(f"the document differs from {LAYOUTS[0]}'s in: {differing}")
+
+    # The layout installed last serves the checks below.
+    project = projects[LAYOUTS[-1]]
+    exported = project / "openapi.json"
+    clients = work / "openapi-clients"
+    shutil.rmtree(clients, ignore_errors=True)
+    clients.mkdir()
+    session.run(
+        "openapi-python-client", "generate", "--path", str(exported),
+        "--meta", "none", "--output-path", str(clients / "api_client"),
+    )  # fmt: skip
+    env = {
+        "APP_ENV": "production",
+        "SECRET_KEY": secrets.token_hex(32),
+        "OPENAPI_ENABLED": "true",
+        "LOG_LEVEL": "WARNING",
+    }
+    session.run("sh", "-c", procfile(project)["release"], env=env, external=True)
+    with serve(session, project, env, project / "gunicorn.log") as url:
+        session.run(
+            "python", str(ROOT / "tests" / "generated_client.py"), url,
+            env={"PYTHONPATH": str(clients)},
+        )  # fmt: skip
+
+
 def apt_install(session: nox.Session, command: str, package: str) -> None:
     """Install a Debian package when its command is missing: only as root on Debian."""
     if shutil.which(command) is not None:
