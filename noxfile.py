@@ -41,6 +41,14 @@ FUZZ_EXAMPLES_PER_OPERATION = 200
 FUZZ_MIN_REQUESTS = 1000
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SERVER_ERROR_LINE = re.compile(r'"level": "(ERROR|CRITICAL)"|\[(ERROR|CRITICAL)\]')
+# The OpenAPI linters `openapi` installs from npm into its own folder, and the
+# settings that keep Redocly from sending usage data or checking for updates.
+OPENAPI_LINTERS = ["@redocly/cli@2.77.0", "@stoplight/spectral-cli@6.16.3"]
+LINTERS_OFFLINE = {
+    "REDOCLY_TELEMETRY": "off",
+    "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true",
+    "REDOCLY_SUPPRESS_NOTIFICATIONS": "true",
+}
 # Without Access-Control-Max-Age, Chromium keeps a preflight's answer for 5 s: the
 # `browser` page waits longer than that between its two POSTs.
 BROWSER_PAUSE_SECONDS = 6
@@ -277,10 +285,15 @@ def fuzz(session: nox.Session, layout: str) -> None:
 def openapi(session: nox.Session) -> None:
     """The OpenAPI document, put to the tools its readers will use.
 
-    Each layout exports the same document with `flask <slug> openapi`. A client that
+    Each layout exports the same document with `flask <slug> openapi`. It must pass
+    openapi-spec-validator, and Redocly's (`recommended`) and Spectral's
+    (`spectral:oas`, .spectral.yaml) rules with no error; both linters come from npm,
+    pinned, into this session's folder, and run with `--offline`. A client that
     openapi-python-client generates from it drives a served project: it creates an
     item, PATCHes its name alone (the description must stay), reads and lists.
+    Needs npm (Node.js 20.19 or newer), which it installs with apt-get as root.
     """
+    apt_install(session, "npx", "npm")
     session.install(*nox.project.dependency_groups(PYPROJECT, "openapi"))
     work = Path(session.create_tmp()).resolve()
     projects = {
@@ -303,6 +316,22 @@ def openapi(session: nox.Session) -> None:
     # The layout installed last serves the checks below.
     project = projects[LAYOUTS[-1]]
     exported = project / "openapi.json"
+    session.run("openapi-spec-validator", str(exported))
+    npm = work / "npm"
+    # No install scripts: one in Spectral's dependencies reports each install.
+    session.run(
+        "npm", "install", "--prefix", str(npm), "--no-audit", "--no-fund",
+        "--ignore-scripts", *OPENAPI_LINTERS, external=True,
+    )  # fmt: skip
+    npx = ["npx", "--yes", "--offline", "--prefix", str(npm)]
+    session.run(
+        *npx, "redocly", "lint", "--extends=recommended", "--format=stylish",
+        str(exported), env=LINTERS_OFFLINE, external=True,
+    )  # fmt: skip
+    session.run(
+        *npx, "spectral", "lint", "--ruleset", str(ROOT / ".spectral.yaml"),
+        str(exported), external=True,
+    )  # fmt: skip
     clients = work / "openapi-clients"
     shutil.rmtree(clients, ignore_errors=True)
     clients.mkdir()
@@ -315,6 +344,8 @@ def openapi(session: nox.Session) -> None:
         "SECRET_KEY": secrets.token_hex(32),
         "OPENAPI_ENABLED": "true",
         "LOG_LEVEL": "WARNING",
+        # A new database each run, in the freshly rendered project.
+        "DATABASE_URL": f"sqlite:///{project / 'openapi.sqlite3'}",
     }
     session.run("sh", "-c", procfile(project)["release"], env=env, external=True)
     with serve(session, project, env, project / "gunicorn.log") as url:

@@ -13,6 +13,7 @@ from http import HTTPStatus
 from api_client import Client
 from api_client.api.items import create_item, get_item, list_items, update_item
 from api_client.models import Item, ItemPatch
+from api_client.types import Response
 
 DESCRIPTION = "Brass, 40 cm"
 
@@ -23,18 +24,25 @@ def check(condition: bool, message: str) -> None:
     print(f"generated client: ok: {message}")
 
 
+def check_status(response: Response, status: HTTPStatus, message: str) -> None:
+    if response.status_code != status:
+        answer = f"{response.status_code} {response.content[:500]!r}"
+        raise SystemExit(f"generated client: FAILED: {message}: answered {answer}")
+    print(f"generated client: ok: {message}")
+
+
 def main(url: str) -> None:
     with Client(base_url=url, raise_on_unexpected_status=True) as client:
         body = Item(name="Lamp", description=DESCRIPTION)
         created = create_item.sync_detailed(client=client, body=body)
-        check(created.status_code == HTTPStatus.CREATED, "POST creates an item")
+        check_status(created, HTTPStatus.CREATED, "POST creates an item")
         item = created.parsed.data.item
         check(item.description == DESCRIPTION, "the new item has its description")
 
         patched = update_item.sync_detailed(
             client=client, item_id=item.id, body=ItemPatch(name="Desk lamp")
         )
-        check(patched.status_code == HTTPStatus.OK, "PATCH of the name alone")
+        check_status(patched, HTTPStatus.OK, "PATCH of the name alone")
         changed = patched.parsed.data.item
         check(changed.name == "Desk lamp", "PATCH changed the name")
         check(
@@ -43,11 +51,11 @@ def main(url: str) -> None:
         )
 
         read = get_item.sync_detailed(client=client, item_id=item.id)
-        check(read.status_code == HTTPStatus.OK, "GET reads the item")
+        check_status(read, HTTPStatus.OK, "GET reads the item")
         check(read.parsed.data.item.to_dict() == changed.to_dict(), "as PATCH left it")
 
         page = list_items.sync_detailed(client=client, page=1, per_page=10)
-        check(page.status_code == HTTPStatus.OK, "GET lists the items")
+        check_status(page, HTTPStatus.OK, "GET lists the items")
         listed = page.parsed.data
         check(
             [entry.name for entry in listed.items] == ["Desk lamp"]
