@@ -44,7 +44,7 @@ SERVER_ERROR_LINE = re.compile(r'"level": "(ERROR|CRITICAL)"|\[(ERROR|CRITICAL)\
 # The OpenAPI linters `openapi` installs from npm into its own folder, and the
 # settings that keep Redocly from sending usage data or checking for updates.
 OPENAPI_LINTERS = ["@redocly/cli@2.77.0", "@stoplight/spectral-cli@6.16.3"]
-LINTERS_OFFLINE = {
+REDOCLY_OFFLINE = {
     "REDOCLY_TELEMETRY": "off",
     "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true",
     "REDOCLY_SUPPRESS_NOTIFICATIONS": "true",
@@ -553,7 +553,7 @@ def openapi(session: nox.Session) -> None:
     npx = ["npx", "--yes", "--offline", "--prefix", str(npm)]
     session.run(
         *npx, "redocly", "lint", "--extends=recommended", "--format=stylish",
-        str(exported), env=LINTERS_OFFLINE, external=True,
+        str(exported), env=REDOCLY_OFFLINE, external=True,
     )  # fmt: skip
     session.run(
         *npx, "spectral", "lint", "--ruleset", str(ROOT / ".spectral.yaml"),
