@@ -40,15 +40,27 @@ FUZZ_EXCLUDED_CHECKS = "negative_data_rejection,positive_data_acceptance"
 FUZZ_EXAMPLES_PER_OPERATION = 200
 FUZZ_MIN_REQUESTS = 1000
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# The OpenAPI linters `openapi` installs from npm into its own folder, and the
+# settings that keep Redocly from sending usage data or checking for updates.
+OPENAPI_LINTERS = ["@redocly/cli@2.77.0", "@stoplight/spectral-cli@6.16.3"]
+REDOCLY_OFFLINE = {
+    "REDOCLY_TELEMETRY": "off",
+    "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true",
+    "REDOCLY_SUPPRESS_NOTIFICATIONS": "true",
+}
 # Without Access-Control-Max-Age, Chromium keeps a preflight's answer for 5 s: the
 # `browser` page waits longer than that between its two POSTs.
 BROWSER_PAUSE_SECONDS = 6
-# Headless Chromium for `browser`, with nothing that reaches beyond 127.0.0.1.
+# Headless Chromium for `browser` and `openapi`, with nothing that reaches beyond
+# 127.0.0.1 (no other host name resolves); the page's console goes to stderr.
 CHROMIUM = [
     "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
     "--no-first-run", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--virtual-time-budget=20000", "--dump-dom",
+    "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--enable-logging=stderr", "--v=0", "--virtual-time-budget=20000", "--dump-dom",
 ]  # fmt: skip
+# What Chromium logs for each thing a page's Content-Security-Policy blocked.
+CSP_VIOLATION = re.compile(r"CONSOLE.*Content Security Policy.*")
 
 # Use the interpreters on this machine; never let uv download one.
 os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
@@ -393,16 +405,22 @@ run();
 """
 
 
-def run_page(session: nox.Session, url: str) -> dict:
-    """Load a page in headless Chromium with a fresh profile; return its findings."""
+def load_page(url: str) -> subprocess.CompletedProcess:
+    """Load a page in headless Chromium with a fresh profile: its DOM once loaded
+    on stdout, its console on stderr."""
     with tempfile.TemporaryDirectory() as profile:
-        dom = subprocess.run(
+        return subprocess.run(
             [*CHROMIUM, f"--user-data-dir={profile}", url],
             capture_output=True,
             text=True,
             timeout=120,
             check=True,
-        ).stdout
+        )
+
+
+def run_page(session: nox.Session, url: str) -> dict:
+    """Load a test page in Chromium; return its findings."""
+    dom = load_page(url).stdout
     found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
     if found is None or found[1] == "not run":
         session.error(f"the page at {url} did not finish:\n{dom}")
@@ -493,3 +511,131 @@ def browser(session: nox.Session) -> None:
     failed = [check for check, passed in checks.items() if not passed]
     if failed:
         session.error("the browser could not confirm: " + "; ".join(failed))
+
+
+@nox.session
+def openapi(session: nox.Session) -> None:
+    """The OpenAPI document, put to the tools its readers will use.
+
+    Each layout exports the same document with `flask <slug> openapi`. It must pass
+    openapi-spec-validator, and Redocly's (`recommended`) and Spectral's
+    (`spectral:oas`, .spectral.yaml) rules with no error; both linters come from npm,
+    pinned, into this session's folder, and run with `--offline`. A client that
+    openapi-python-client generates from it drives a served project: it creates an
+    item, PATCHes its name alone (the description must stay), reads and lists.
+    Headless Chromium loads the docs page: Swagger UI must show every operation,
+    with nothing blocked by the page's Content-Security-Policy and no file from
+    another host. Needs npm (Node.js 20.19 or newer) and chromium, which it
+    installs with apt-get as root.
+    """
+    apt_install(session, "npx", "npm")
+    apt_install(session, "chromium", "chromium")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "openapi"))
+    work = Path(session.create_tmp()).resolve()
+    projects = {
+        layout: render(session, f"openapi-{layout}", layout=layout)
+        for layout in LAYOUTS
+    }
+    documents = {}
+    for layout, project in projects.items():
+        install(session, project)
+        answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+        exported = project / "openapi.json"
+        session.run(
+            "flask", answers["project_slug"], "openapi", "--output", str(exported)
+        )
+        documents[layout] = json.loads(exported.read_text())
+    differing = [name for name in LAYOUTS if documents[name] != documents[LAYOUTS[0]]]
+    if differing:
+        session.error(f"the document differs from {LAYOUTS[0]}'s in: {differing}")
+
+    # The layout installed last serves the checks below.
+    project = projects[LAYOUTS[-1]]
+    exported = project / "openapi.json"
+    session.run("openapi-spec-validator", str(exported))
+    npm = work / "npm"
+    # No install scripts: one in Spectral's dependencies reports each install.
+    session.run(
+        "npm", "install", "--prefix", str(npm), "--no-audit", "--no-fund",
+        "--ignore-scripts", *OPENAPI_LINTERS, external=True,
+    )  # fmt: skip
+    npx = ["npx", "--yes", "--offline", "--prefix", str(npm)]
+    session.run(
+        *npx, "redocly", "lint", "--extends=recommended", "--format=stylish",
+        str(exported), env=REDOCLY_OFFLINE, external=True,
+    )  # fmt: skip
+    session.run(
+        *npx, "spectral", "lint", "--ruleset", str(ROOT / ".spectral.yaml"),
+        str(exported), external=True,
+    )  # fmt: skip
+    clients = work / "openapi-clients"
+    shutil.rmtree(clients, ignore_errors=True)
+    clients.mkdir()
+    session.run(
+        "openapi-python-client", "generate", "--path", str(exported),
+        "--meta", "none", "--output-path", str(clients / "api_client"),
+    )  # fmt: skip
+    env = {
+        "APP_ENV": "production",
+        "SECRET_KEY": secrets.token_hex(32),
+        "OPENAPI_ENABLED": "true",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        # A new database each run, in the freshly rendered project.
+        "DATABASE_URL": f"sqlite:///{project / 'openapi.sqlite3'}",
+    }
+    session.run("sh", "-c", procfile(project)["release"], env=env, external=True)
+    log = project / "gunicorn.log"
+    with serve(session, project, env, log) as url:
+        session.run(
+            "python", str(ROOT / "tests" / "generated_client.py"), url,
+            env={"PYTHONPATH": str(clients)},
+        )  # fmt: skip
+        docs = f"{url}/api/v1/docs"
+        with urllib.request.urlopen(docs, timeout=10) as response:
+            page = response.read().decode()
+        started = time.monotonic()
+        loaded = load_page(docs)
+        elapsed = time.monotonic() - started
+    check_docs_page(session, documents[LAYOUTS[-1]], page, loaded, log)
+    session.log(f"the docs page rendered in {elapsed:.1f} s")
+
+
+def check_docs_page(
+    session: nox.Session,
+    document: dict,
+    page: str,
+    loaded: subprocess.CompletedProcess,
+    log: Path,
+) -> None:
+    """Fail unless Swagger UI showed every operation of `document` from the app's
+    own files, and the browser neither blocked nor tried anything else."""
+    # Swagger UI gives each operation an element with the id operations-TAG-ID.
+    operations = {
+        f"operations-{operation['tags'][0]}-{operation['operationId']}"
+        for item in document["paths"].values()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    shown = set(re.findall(r'id="(operations-[\w-]+)"', loaded.stdout))
+    blocked = CSP_VIOLATION.findall(loaded.stderr)
+    requested = {(path, status) for _, path, status in requests_logged(log)}
+    checks = {
+        "every operation shown": operations <= shown,
+        "nothing blocked by the page's policy": not blocked,
+        "no URL to another host in the page": "//" not in page,
+        "the page, its files and the document loaded": {
+            ("/api/v1/docs", 200),
+            ("/api/v1/docs/swagger-ui.css", 200),
+            ("/api/v1/docs/swagger-ui-bundle.js", 200),
+            ("/api/v1/docs/docs.js", 200),
+            ("/api/v1/openapi.json", 200),
+        }
+        <= requested,
+    }
+    failed = [check for check, passed in checks.items() if not passed]
+    if failed:
+        session.error(
+            "the docs page: " + "; ".join(failed) + f"\nnot shown: "
+            f"{sorted(operations - shown)}\nblocked: {blocked}\nrequests: {requested}"
+        )
