@@ -147,14 +147,21 @@ def installs(session: nox.Session) -> None:
     for_pip, for_uv = render(session, "installs-pip"), render(session, "installs-uv")
     readme = (for_pip / "README.md").read_text()
     commands = re.search(r"^## Install\n.*?^```sh\n(.*?)^```", readme, re.M | re.S)[1]
+    # The default render is the sqlite variant: its suite runs on SQLite even where
+    # TEST_DATABASE_URL names a PostgreSQL for the postgres session (as in .ci/run).
+    on_sqlite = {"TEST_DATABASE_URL": None}
     session.chdir(for_pip)
     session.run("sh", "-e", "-c", commands, external=True)
-    session.run(".venv/bin/python", "-m", "pytest", "-q", external=True)
+    session.run(".venv/bin/python", "-m", "pytest", "-q", env=on_sqlite, external=True)
 
     session.chdir(for_uv)
     # uv's own project environment (.venv), never nox's; an installed interpreter of
     # the project's minimum version, never a download.
-    uv_env = {"VIRTUAL_ENV": None, "UV_PYTHON": QUESTIONS["python_version"]["default"]}
+    uv_env = {
+        **on_sqlite,
+        "VIRTUAL_ENV": None,
+        "UV_PYTHON": QUESTIONS["python_version"]["default"],
+    }
     session.run("uv", "sync", env=uv_env)
     session.run("uv", "run", "pytest", "-q", env=uv_env)
 
