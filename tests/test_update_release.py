@@ -272,7 +272,8 @@ def conflicted(project: Path) -> set[str]:
 def resolve_as_the_changelog_says(project: Path) -> None:
     """Keep the template's side of each conflict, then put the user's work back:
     the setting becomes one line of SETTINGS (its variable, the Config attribute
-    and the isolation list are derived now), the README section goes last."""
+    and the isolation list are derived now), the README section goes last, and the
+    orders operations' tag is declared."""
     for name in EXPECTED_CONFLICTS:
         file = project / name
         file.write_text(TEMPLATE_SIDE.sub(r"\1", file.read_text()))
@@ -284,6 +285,14 @@ def resolve_as_the_changelog_says(project: Path) -> None:
     )
     with (project / "README.md").open("a") as readme:
         readme.write(README_SECTION)
+    # Not a conflict, but a test of the new release asks for it: the document
+    # declares every tag its operations use.
+    add_after(
+        project,
+        "shop/openapi.py",
+        "\nTAGS = [\n",
+        '    {"name": "orders", "description": "Orders for items."},\n',
+    )
 
 
 def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
