@@ -70,6 +70,7 @@ BAD_ANSWERS = [
     ("package_name", "logging", "would shadow the module"),
     ("package_name", "sqlalchemy", "would shadow the module"),
     ("description", "a\\b", "must not contain"),
+    ("description", "  ", "must not be empty"),
     ("author_name", "   ", "must not be empty"),
     ("author_email", "nobody", "is not a valid e-mail address"),
     ("author_email", "a@b", "is not a valid e-mail address"),

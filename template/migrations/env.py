@@ -23,7 +23,10 @@ def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | b
     Autogenerate would otherwise write the app's own class by its module path
     (`my_api.models.UTCDateTime(...)`), which nothing in the revision imports, and
     the upgrade would fail with a NameError. A revision should not import app code
-    anyway: the class may change or move after the revision is written.
+    anyway: the class may change or move after the revision is written. This covers
+    types over SQLAlchemy's generic ones (`sa.DateTime(...)`); over a dialect's type
+    (`postgresql.JSONB`) or a nested one (`sa.ARRAY(sa.Integer())`), add its import
+    or prefix to the revision by hand.
     """
     if kind == "type" and isinstance(obj, TypeDecorator):
         return f"sa.{obj.impl!r}"
