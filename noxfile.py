@@ -199,6 +199,20 @@ def procfile(project: Path) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines)
 
 
+def release(session: nox.Session, project: Path, **settings: str) -> dict[str, str]:
+    """Run the Procfile's release command as the serving sessions serve: production,
+    a fresh SECRET_KEY, JSON logs at INFO, and `settings`. Return that environment."""
+    env = {
+        "APP_ENV": "production",
+        "SECRET_KEY": secrets.token_hex(32),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        **settings,
+    }
+    session.run("sh", "-c", procfile(project)["release"], env=env, external=True)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -257,15 +271,7 @@ def fuzz(session: nox.Session, layout: str) -> None:
     session.install(*nox.project.dependency_groups(PYPROJECT, "fuzz"))
     project = render(session, f"fuzz-{layout}", layout=layout)
     install(session, project)
-    env = {
-        "APP_ENV": "production",
-        "SECRET_KEY": secrets.token_hex(32),
-        "OPENAPI_ENABLED": "true",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
-        "WEB_CONCURRENCY": "2",
-    }
-    session.run("sh", "-c", procfile(project)["release"], env=env, external=True)
+    env = release(session, project, OPENAPI_ENABLED="true", WEB_CONCURRENCY="2")
     log = project / "gunicorn.log"
     report = project / "schemathesis.json"
     started = time.monotonic()
@@ -462,13 +468,7 @@ def browser(session: nox.Session) -> None:
     pages = Path(session.create_tmp()).resolve() / "browser-pages"
     shutil.rmtree(pages, ignore_errors=True)
     pages.mkdir()
-    env = {
-        "APP_ENV": "production",
-        "SECRET_KEY": secrets.token_hex(32),
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
-    }
-    session.run("sh", "-c", procfile(project)["release"], env=env, external=True)
+    env = release(session, project)
     api_log, down_log = project / "api.log", project / "down.log"
     with (
         serve_directory(pages) as allowed,
@@ -582,16 +582,13 @@ def openapi(session: nox.Session) -> None:
         "openapi-python-client", "generate", "--path", str(exported),
         "--meta", "none", "--output-path", str(clients / "api_client"),
     )  # fmt: skip
-    env = {
-        "APP_ENV": "production",
-        "SECRET_KEY": secrets.token_hex(32),
-        "OPENAPI_ENABLED": "true",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
+    env = release(
+        session,
+        project,
+        OPENAPI_ENABLED="true",
         # A new database each run, in the freshly rendered project.
-        "DATABASE_URL": f"sqlite:///{project / 'openapi.sqlite3'}",
-    }
-    session.run("sh", "-c", procfile(project)["release"], env=env, external=True)
+        DATABASE_URL=f"sqlite:///{project / 'openapi.sqlite3'}",
+    )
     log = project / "gunicorn.log"
     with serve(session, project, env, log) as url:
         session.run(
