@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nox
@@ -220,11 +220,61 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def running(command: list[str], log: Path, **options) -> Iterator[subprocess.Popen]:
+    """Run a command in the background, its output to `log`; stop it on the way out."""
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, **options
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(
+    session: nox.Session,
+    ready: Callable[[], bool],
+    what: str,
+    process: subprocess.Popen,
+    log: Path,
+    seconds: float = 30,
+) -> None:
+    """Poll `ready` until it holds; fail if `process` exits or `seconds` pass first."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if process.poll() is not None:
+            session.error(f"{what}: the process exited early:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            session.error(f"{what}: not within {seconds} s")
+        time.sleep(0.1)
+
+
+def answers(url: str) -> bool:
+    """Whether a GET of `url` answers 2xx."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
 def serve(
-    session: nox.Session, project: Path, env: dict[str, str], log: Path
+    session: nox.Session,
+    project: Path,
+    env: dict[str, str],
+    log: Path,
+    port: int | None = None,
 ) -> Iterator[str]:
-    """Run the Procfile's web command on 127.0.0.1; yield its URL, then stop it."""
-    port = free_port()
+    """Run the Procfile's web command on 127.0.0.1 (on `port`, or a free one); yield
+    its URL once it answers, then stop it (SIGTERM) and wait until it has exited."""
+    port = port or free_port()
     env = {
         **os.environ,
         **env,
@@ -233,30 +283,12 @@ def serve(
         "PATH": f"{session.bin}{os.pathsep}{os.environ['PATH']}",
     }
     url = f"http://127.0.0.1:{port}"
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            ["sh", "-c", f"exec {procfile(project)['web']}"],
-            cwd=project,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
+    command = ["sh", "-c", f"exec {procfile(project)['web']}"]
+    with running(command, log, cwd=project, env=env) as server:
+        wait_until(
+            session, lambda: answers(f"{url}/health"), f"gunicorn on {url}", server, log
         )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if server.poll() is not None:
-                session.error(f"gunicorn exited early:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    session.error(f"gunicorn did not answer on {url}")
-                time.sleep(0.2)
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 @nox.session
