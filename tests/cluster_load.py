@@ -4,7 +4,7 @@ Run by `nox -s cluster` while it restarts the nodes behind the balancer:
 `python tests/cluster_load.py URL REPORT`; it runs until SIGTERM (MAX_SECONDS at
 most), then writes its report. Each client thread keeps one HTTP/1.1 connection open
 (keep-alive, as a real client would) and repeats: POST an item with a name no other
-request uses, GET that item back (with round robin, mostly from the other node), GET
+request uses, GET that item back (round robin: often from the other node), GET
 a page of the list. A request fails when it answers anything but 2xx, answers a read
 with another item, or breaks off (the client then reconnects). The report (JSON)
 holds the counts, the failures, the latencies, and the id of every write the API
