@@ -405,11 +405,14 @@ def test_sqlite_pod_serves_on_a_read_only_root(render, tmp_path):
     wheel = build_wheel(project, tmp_path)
     prefix, site, workdir = install_runtime(project, runtime, wheel, tmp_path)
 
-    # The pod's volumes: the instance folder at its place in the replayed
-    # virtualenv, and a folder for /tmp that Python finds through TMPDIR.
-    mounts = {m["mountPath"] for m in web(objects)["volumeMounts"]}
+    # The pod's volumes, mounted by both its containers: the instance folder at
+    # its place in the replayed virtualenv, and a folder for /tmp, which Python
+    # and SQLite find through TMPDIR.
     module = exec_form(runtime[-1][1])[-1].split(":")[0]
-    assert mounts == {"/tmp", f"{VENV}/var/{module}-instance"}
+    pod = objects["deployment.yaml"]["spec"]["template"]["spec"]
+    for container in containers(pod):
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts == {"/tmp", f"{VENV}/var/{module}-instance"}
     instance = prefix / "var" / f"{module}-instance"
     temporary = tmp_path / "tmp-volume"
     instance.mkdir(parents=True)
@@ -425,6 +428,7 @@ def test_sqlite_pod_serves_on_a_read_only_root(render, tmp_path):
         # Loopback and a free port, for the pod's own address and port 8000.
         "HOST": "127.0.0.1",
         "PORT": str(port),
+        "TMPDIR": str(temporary),
     }
 
     # The harness itself: the rest of the root filesystem refuses writes.
@@ -435,9 +439,9 @@ def test_sqlite_pod_serves_on_a_read_only_root(render, tmp_path):
     )
     assert refused.returncode != 0 and "Read-only file system" in refused.stderr
 
-    # The init container: its volume only, no /tmp.
+    # The init container, then the web container.
     migrated = subprocess.run(
-        read_only_root(migration(objects)["command"], [instance]),
+        read_only_root(migration(objects)["command"], [instance, temporary]),
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -450,7 +454,7 @@ def test_sqlite_pod_serves_on_a_read_only_root(render, tmp_path):
     server = subprocess.Popen(
         read_only_root(exec_form(runtime[-1][1]), [instance, temporary]),
         cwd=workdir,
-        env={**env, "TMPDIR": str(temporary)},
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
