@@ -41,6 +41,22 @@ COMMON = {
     "tests/test_responses.py",
     "tests/test_serving.py",
 }
+# deploy/kubernetes/, rendered with `docker`: SQLite's single pod keeps its
+# database on a volume; PostgreSQL's pods scale, and migrate in a Job first.
+KUBERNETES_FILES = {
+    database: {f"deploy/kubernetes/{name}.yaml" for name in names}
+    for database, names in {
+        "sqlite": ("configmap", "deployment", "pvc", "service"),
+        "postgresql": (
+            "configmap",
+            "deployment",
+            "hpa",
+            "migrate-job",
+            "pdb",
+            "service",
+        ),
+    }.items()
+}
 LAYOUT_FILES = {
     "single-file": {"app.py"},
     "single-module": {
@@ -114,7 +130,8 @@ def test_variants_cover_every_choice():
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_file_set_of_each_variant(render, layout, database):
     project = render(layout=layout, database=database)
-    assert files_of(project) == COMMON | LAYOUT_FILES[layout]
+    expected = COMMON | LAYOUT_FILES[layout] | KUBERNETES_FILES[database]
+    assert files_of(project) == expected
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -129,6 +146,7 @@ def test_optional_files_can_be_left_out(render, layout):
     }
     assert files_of(project) == (COMMON - left_out) | LAYOUT_FILES[layout]
     assert not (project / ".github").exists()
+    assert not (project / "deploy").exists()
 
 
 @pytest.mark.parametrize("database", DATABASES)
