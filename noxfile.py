@@ -1,8 +1,10 @@
 """Render every variant of the template and run each rendered project's own checks.
 
 `nox` with no arguments runs everything that needs no external service: lint, the
-template's own test suite, and one session per variant (layout x database). The
-variant list is read from copier.yml, so a new choice there is a new session here.
+template's own test suite, one session per variant (layout x database) and one per
+entry of a fixed sample of feature combinations. The variants and the features'
+answers are read from copier.yml, so a new choice there is a new session here.
+`nox -s features` renders every combination of the features.
 """
 
 import contextlib
@@ -10,6 +12,7 @@ import csv
 import functools
 import html
 import http.server
+import itertools
 import json
 import os
 import re
@@ -32,6 +35,48 @@ PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 QUESTIONS = yaml.safe_load((ROOT / "copier.yml").read_text())
 LAYOUTS = list(QUESTIONS["layout"]["choices"].values())
 DATABASES = list(QUESTIONS["database"]["choices"].values())
+
+
+def answers_to(question: dict) -> list:
+    """What a copier question accepts, its default first."""
+    if question["type"] == "bool":
+        choices = [False, True]
+    elif isinstance(question["choices"], dict):
+        choices = list(question["choices"].values())
+    else:
+        choices = list(question["choices"])
+    return sorted(choices, key=lambda answer: answer != question["default"])
+
+
+# The questions that switch a feature on or off, with their answers (default first):
+# every yes/no question, and every choice but the variant axes and the answers that
+# only fill in text.
+NOT_FEATURES = {"layout", "database", "python_version", "license"}
+FEATURES = {
+    name: answers_to(question)
+    for name, question in QUESTIONS.items()
+    if not name.startswith("_")
+    and question.get("when") is not False
+    and name not in NOT_FEATURES
+    and (question["type"] == "bool" or "choices" in question)
+}
+# The features whose code the rendered suites test. The default run's sample gives
+# each of their answers but the default a variant of its own, the layouts and the
+# databases taken in turn so that the sample covers them all between its entries.
+# (docker and github_actions add files, which tests/test_render.py checks.)
+SAMPLED_FEATURES = ["rate_limit"]
+SAMPLE = [
+    {
+        "layout": LAYOUTS[-1 - number % len(LAYOUTS)],
+        "database": DATABASES[-1 - number % len(DATABASES)],
+        feature: answer,
+    }
+    for number, (feature, answer) in enumerate(
+        (feature, answer)
+        for feature in SAMPLED_FEATURES
+        for answer in FEATURES[feature][1:]
+    )
+]
 COPIER = nox.project.dependency_groups(PYPROJECT, "render")[0]
 # Schemathesis checks for `fuzz`. Two are left out on purpose: the API trims `name`
 # before checking its length, which JSON Schema cannot express, so a padded name of
@@ -67,21 +112,38 @@ CSP_VIOLATION = re.compile(r"CONSOLE.*Content Security Policy.*")
 os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "tests", "variant"]
+nox.options.sessions = ["lint", "tests", "variant", "sample"]
 
 
-def render(session: nox.Session, name: str, **answers: str) -> Path:
+def answer_text(answer: object) -> str:
+    """An answer as copier's --data takes it (true, not True)."""
+    return str(answer).lower() if isinstance(answer, bool) else str(answer)
+
+
+def render(session: nox.Session, name: str, **answers: object) -> Path:
     """Render the working tree (uncommitted changes included) with the copier CLI."""
     destination = Path(session.create_tmp()).resolve() / name
     shutil.rmtree(destination, ignore_errors=True)
     data = [
-        arg for key, value in answers.items() for arg in ("--data", f"{key}={value}")
+        arg
+        for key, value in answers.items()
+        for arg in ("--data", f"{key}={answer_text(value)}")
     ]
     session.run(
         "uv", "tool", "run", "--from", COPIER, "copier", "copy", "--quiet",
         "--defaults", "--vcs-ref", "HEAD", *data, str(ROOT), str(destination),
     )  # fmt: skip
     return destination
+
+
+def render_name(answers: dict[str, object]) -> str:
+    """`large-postgresql-rate_limit`: the layout, the database, then each feature
+    answer (a yes/no feature by its name alone)."""
+    parts = [answers["layout"], answers["database"]]
+    for name, answer in answers.items():
+        if name in FEATURES and answer is not False:
+            parts.append(name if answer is True else f"{name}-{answer}")
+    return "-".join(map(str, parts))
 
 
 def install(session: nox.Session, project: Path) -> None:
@@ -106,16 +168,69 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+def check(session: nox.Session, project: Path) -> None:
+    """Install a rendered project and run its own ruff and pytest."""
+    install(session, project)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("pytest", *session.posargs)
+
+
 @nox.session
 @nox.parametrize("database", DATABASES, ids=DATABASES)
 @nox.parametrize("layout", LAYOUTS, ids=LAYOUTS)
 def variant(session: nox.Session, layout: str, database: str) -> None:
     """Render one variant, install it, and run its own ruff and pytest."""
-    project = render(session, f"{layout}-{database}", layout=layout, database=database)
-    install(session, project)
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
-    session.run("pytest", *session.posargs)
+    check(
+        session,
+        render(session, f"{layout}-{database}", layout=layout, database=database),
+    )
+
+
+@nox.session
+@nox.parametrize("answers", SAMPLE, ids=[render_name(answers) for answers in SAMPLE])
+def sample(session: nox.Session, answers: dict[str, object]) -> None:
+    """One feature combination of the sample: render, install, its ruff and pytest."""
+    check(session, render(session, render_name(answers), **answers))
+
+
+@nox.session
+def features(session: nox.Session) -> None:
+    """Every combination of the features' answers, in every layout and database.
+
+    Each render must pass ruff, then build its app and answer /health (an import
+    wrong for one layout fails there; tests/features.py renders and builds). The
+    suites are not run here: the variants and the sample run them, and one per
+    combination would take far longer than the rest of the default run.
+    """
+    feature_answers = [
+        dict(zip(FEATURES, chosen, strict=True))
+        for chosen in itertools.product(*FEATURES.values())
+    ]
+    combinations = [
+        {"layout": layout, "database": database, **chosen}
+        for layout, database, chosen in itertools.product(
+            LAYOUTS, DATABASES, feature_answers
+        )
+    ]
+    work = Path(session.create_tmp()).resolve()
+    folder, listing = work / "features", work / "features.json"
+    shutil.rmtree(folder, ignore_errors=True)
+    listing.write_text(json.dumps([[render_name(a), a] for a in combinations]))
+    script = str(ROOT / "tests" / "features.py")
+    session.install(COPIER)
+    session.run("python", script, "render", str(folder), str(listing))
+    # Every dependency any of them has, and ruff from this repository's lint group.
+    dependencies = {
+        dependency
+        for pyproject in folder.glob("*/pyproject.toml")
+        for dependency in nox.project.load_toml(pyproject)["project"]["dependencies"]
+    }
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"), *dependencies)
+    # ruff reads each project's own settings.
+    session.run("ruff", "check", "--quiet", str(folder))
+    session.run("ruff", "format", "--check", "--quiet", str(folder))
+    session.run("python", script, "build", str(folder), env={"LOG_LEVEL": "WARNING"})
 
 
 @nox.session

@@ -115,7 +115,7 @@ def shadowing_names() -> set[str]:
 
 @pytest.mark.parametrize("layout", ["single-file", "large"])
 def test_every_module_the_project_imports_is_refused_as_a_package_name(render, layout):
-    project = render(layout=layout, database="postgresql")
+    project = render(layout=layout, database="postgresql", rate_limit=True)
     imported = set()
     for path in project.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -152,10 +152,18 @@ def test_optional_files_can_be_left_out(render, layout):
     assert not (project / "deploy").exists()
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rate_limit_adds_its_tests(render, layout):
+    project = render(layout=layout, rate_limit=True)
+    rate_limit_files = {"tests/test_rate_limit.py"}
+    assert files_of(project) == COMMON | LAYOUT_FILES[layout] | rate_limit_files
+
+
+@pytest.mark.parametrize("rate_limit", [False, True], ids=["defaults", "rate_limit"])
 @pytest.mark.parametrize("database", DATABASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_no_jinja_debris(render, layout, database):
-    project = render(layout=layout, database=database)
+def test_no_jinja_debris(render, layout, database, rate_limit):
+    project = render(layout=layout, database=database, rate_limit=rate_limit)
     for name in files_of(project):
         if not TEXT_FILES.search(name):
             continue
@@ -260,6 +268,22 @@ def test_dependencies_follow_the_database(render, database):
         assert "<" in dependency and ">=" in dependency, dependency
 
 
+@pytest.mark.parametrize("rate_limit", [False, True])
+def test_dependencies_follow_rate_limit(render, rate_limit):
+    """Flask-Limiter with the Redis client, and limits, which the settings use to
+    check RATELIMIT_DEFAULT; bounded like the others."""
+    project = render(rate_limit=rate_limit)
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    limiting = [
+        d for d in dependencies if d.startswith(("flask-limiter[redis]>=", "limits>="))
+    ]
+    assert len(limiting) == (2 if rate_limit else 0)
+    for dependency in limiting:
+        assert "<" in dependency, dependency
+
+
 @pytest.mark.parametrize("database", DATABASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_container_files(render, layout, database):
@@ -281,6 +305,25 @@ def test_container_files(render, layout, database):
         "condition": "service_completed_successfully"
     }
     assert web_service["environment"]["SECRET_KEY"].startswith("${SECRET_KEY:?")
+    assert "redis" not in compose["services"]
+    assert "RATELIMIT_STORAGE_URI" not in web_service["environment"]
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_compose_shares_rate_limits_on_redis(render, database):
+    project = render(database=database, rate_limit=True)
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    redis = compose["services"]["redis"]
+    assert redis["image"].startswith("redis:")
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    web = compose["services"]["web"]
+    assert web["depends_on"]["redis"] == {"condition": "service_healthy"}
+    storage = web["environment"]["RATELIMIT_STORAGE_URI"]
+    assert storage.startswith("redis://redis:6379/")
+    assert "socket_timeout=" in storage and "socket_connect_timeout=" in storage
+    # The migration needs no Redis.
+    assert "redis" not in compose["services"]["migrate"].get("depends_on", {})
+    assert ("db" in compose["services"]) == (database == "postgresql")
 
 
 LONGEST = {

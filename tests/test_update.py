@@ -319,6 +319,24 @@ def test_update_switching_layout_removes_the_old_layout(template, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+def test_update_turning_a_feature_on_adds_it_and_keeps_user_edits(template, tmp_path):
+    project = start_project(template, tmp_path / "project")
+    edit_like_a_user(project)
+    commit_all(project, "The user's own work")
+
+    update(project, "v1.0.0", rate_limit=True)
+
+    assert_no_conflicts(project)
+    assert answers_of(project)["rate_limit"] is True
+    assert (project / "tests/test_rate_limit.py").is_file()
+    # Exactly a fresh render with the feature on, with the user's edits made on it.
+    expected = render(
+        template, tmp_path / "expected", "v1.0.0", **ANSWERS, rate_limit=True
+    )
+    edit_like_a_user(expected)
+    assert tree(project) == tree(expected)
+
+
 def test_added_and_renamed_questions_keep_earlier_answers(template, tmp_path):
     project = start_project(template, tmp_path / "project", layout="large")
     # v1.1.0 asks a new question and renames `author_name` to `copyright_holder`;
