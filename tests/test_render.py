@@ -156,7 +156,8 @@ def test_optional_files_can_be_left_out(render, layout):
 def test_rate_limit_adds_its_tests(render, layout):
     project = render(layout=layout, rate_limit=True)
     rate_limit_files = {"tests/test_rate_limit.py"}
-    assert files_of(project) == COMMON | LAYOUT_FILES[layout] | rate_limit_files
+    expected = COMMON | LAYOUT_FILES[layout] | KUBERNETES_FILES["sqlite"]
+    assert files_of(project) == expected | rate_limit_files
 
 
 @pytest.mark.parametrize("rate_limit", [False, True], ids=["defaults", "rate_limit"])
