@@ -73,6 +73,7 @@ LAYOUT_FILES = {
             "core/log",
             "core/middleware",
             "core/responses",
+            "core/timestamps",
             "health/__init__",
             "health/views",
             "items/__init__",
