@@ -132,10 +132,41 @@ def test_optional_files_can_be_left_out(render, layout):
     assert not (project / ".github").exists()
 
 
+# What `auth` adds: its tests and migration, and its modules in the package layouts.
+AUTH_FILES = {
+    "api-key": {
+        "migrations/versions/0002_create_api_keys.py",
+        "tests/test_api_keys.py",
+        "tests/test_auth.py",
+    },
+    "jwt": {"tests/test_auth.py", "tests/test_jwt.py"},
+}
+AUTH_MODULES = {
+    ("single-module", "api-key"): {"my_api/auth.py"},
+    ("single-module", "jwt"): {"my_api/auth.py"},
+    ("large", "api-key"): {
+        f"my_api/auth/{name}.py" for name in ("__init__", "credentials", "models", "cli")
+    },
+    ("large", "jwt"): {"my_api/auth/__init__.py", "my_api/auth/credentials.py"},
+}
+
+
+@pytest.mark.parametrize("auth", AUTH_FILES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_file_set_with_auth(render, layout, auth):
+    project = render(layout=layout, auth=auth)
+    added = AUTH_FILES[auth] | AUTH_MODULES.get((layout, auth), set())
+    assert files_of(project) == COMMON | LAYOUT_FILES[layout] | added
+    assert_no_debris(project)
+
+
 @pytest.mark.parametrize("database", DATABASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_no_jinja_debris(render, layout, database):
-    project = render(layout=layout, database=database)
+    assert_no_debris(render(layout=layout, database=database))
+
+
+def assert_no_debris(project):
     for name in files_of(project):
         if not TEXT_FILES.search(name):
             continue
