@@ -1,8 +1,9 @@
 """Render every variant of the template and run each rendered project's own checks.
 
 `nox` with no arguments runs everything that needs no external service: lint, the
-template's own test suite, and one session per variant (layout x database). The
-variant list is read from copier.yml, so a new choice there is a new session here.
+template's own test suite, and one session per variant (layout x database, and a
+fixed sample of feature choices). The layouts and databases are read from
+copier.yml, so a new choice there is a new session here.
 """
 
 import contextlib
@@ -105,12 +106,35 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+# Feature answers on top of the layout x database variants: a fixed sample that
+# covers each choice on some layout, rather than every combination.
+FEATURE_SAMPLE = [
+    ("single-file", "sqlite", {"auth": "jwt"}),
+    ("large", "postgresql", {"auth": "api-key"}),
+]
+VARIANTS = [
+    nox.param(layout, database, {}, id=f"{layout}, {database}")
+    for database in DATABASES
+    for layout in LAYOUTS
+] + [
+    nox.param(
+        layout,
+        database,
+        features,
+        id=", ".join([layout, database, *(f"{k}={v}" for k, v in features.items())]),
+    )
+    for layout, database, features in FEATURE_SAMPLE
+]
+
+
 @nox.session
-@nox.parametrize("database", DATABASES, ids=DATABASES)
-@nox.parametrize("layout", LAYOUTS, ids=LAYOUTS)
-def variant(session: nox.Session, layout: str, database: str) -> None:
+@nox.parametrize(("layout", "database", "features"), VARIANTS)
+def variant(
+    session: nox.Session, layout: str, database: str, features: dict[str, str]
+) -> None:
     """Render one variant, install it, and run its own ruff and pytest."""
-    project = render(session, f"{layout}-{database}", layout=layout, database=database)
+    name = "-".join([layout, database, *features.values()])
+    project = render(session, name, layout=layout, database=database, **features)
     install(session, project)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -135,6 +159,26 @@ def smoke(session: nox.Session, layout: str) -> None:
     project = render(session, layout, layout=layout)
     install(session, project)
     session.run("python", str(ROOT / "tests" / "smoke.py"), str(project))
+
+
+@nox.session
+@nox.parametrize(
+    ("kind", "layout"),
+    [("jwt", "large"), ("api-key", "single-file")],
+    ids=["jwt", "api-key"],
+)
+def auth(session: nox.Session, kind: str, layout: str) -> None:
+    """Serve an `auth` render under gunicorn, as the Procfile says, and use it.
+
+    jwt: a provider on 127.0.0.1 publishes an RSA key as a JWKS; a token it signed
+    writes, and each bad token (missing, malformed, another scheme, expired, another
+    audience or issuer, an unknown key, `alg: none`, HS256 with the public key) gets
+    a 401. api-key: a key from `create-api-key` writes until `revoke-api-key` runs,
+    and is never stored. Neither ever reaches the server's log.
+    """
+    project = render(session, f"auth-{kind}", layout=layout, auth=kind)
+    install(session, project)
+    session.run("python", str(ROOT / "tests" / "auth_check.py"), str(project))
 
 
 @nox.session
