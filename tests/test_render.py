@@ -145,7 +145,8 @@ AUTH_MODULES = {
     ("single-module", "api-key"): {"my_api/auth.py"},
     ("single-module", "jwt"): {"my_api/auth.py"},
     ("large", "api-key"): {
-        f"my_api/auth/{name}.py" for name in ("__init__", "credentials", "models", "cli")
+        f"my_api/auth/{module}.py"
+        for module in ("__init__", "credentials", "models", "cli")
     },
     ("large", "jwt"): {"my_api/auth/__init__.py", "my_api/auth/credentials.py"},
 }

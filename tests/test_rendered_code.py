@@ -92,7 +92,7 @@ def test_each_auth_choice_carries_only_its_own_code(render, layout):
         "api-key": {*AUTH_ONLY, *API_KEY_ONLY},
         "jwt": {*AUTH_ONLY, *JWT_ONLY},
     }
-    assert AUTHS == list(expected)
+    assert list(expected) == AUTHS
     for auth in AUTHS:
         texts = texts_of(render(layout=layout, auth=auth))
         markers = AUTH_ONLY + API_KEY_ONLY + JWT_ONLY

@@ -7,8 +7,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PIECES_DIR = ROOT / "includes" / "code"
 LAYOUT = (ROOT / "includes" / "layout.jinja").read_text()
-PACKAGE_DIR = ROOT / "template" / (
-    "{% if layout != 'single-file' %}{{ package_name }}{% endif %}"
+PACKAGE_DIR = (
+    ROOT
+    / "template"
+    / ("{% if layout != 'single-file' %}{{ package_name }}{% endif %}")
 )
 APP = ROOT / "template" / "{% if layout == 'single-file' %}app.py{% endif %}.jinja"
 IMPORTS_BLOCK = re.compile(r"\{% set imports %\}\n(.*?)\{% endset %\}\n", re.DOTALL)
@@ -45,9 +47,9 @@ def test_the_imports_block_is_written_as_python_imports():
         for line in IMPORTS_BLOCK.search(path.read_text()).group(1).splitlines():
             if not line or line.startswith("{%"):
                 continue
-            assert re.fullmatch(
-                r"import [\w.]+|from \.?[\w.]+ import [\w, ]+", line
-            ), f"{path.name}: {line!r}"
+            assert re.fullmatch(r"import [\w.]+|from \.?[\w.]+ import [\w, ]+", line), (
+                f"{path.name}: {line!r}"
+            )
 
 
 def test_generated_modules_only_name_their_path():
