@@ -7,6 +7,7 @@ copier.yml, so a new choice there is a new session here.
 """
 
 import contextlib
+import csv
 import functools
 import html
 import http.server
@@ -21,7 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nox
@@ -264,11 +265,61 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def running(command: list[str], log: Path, **options) -> Iterator[subprocess.Popen]:
+    """Run a command in the background, its output to `log`; stop it on the way out."""
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, **options
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(
+    session: nox.Session,
+    ready: Callable[[], bool],
+    what: str,
+    process: subprocess.Popen,
+    log: Path,
+    seconds: float = 30,
+) -> None:
+    """Poll `ready` until it holds; fail if `process` exits or `seconds` pass first."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if process.poll() is not None:
+            session.error(f"{what}: the process exited early:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            session.error(f"{what}: not within {seconds} s")
+        time.sleep(0.1)
+
+
+def answers(url: str) -> bool:
+    """Whether a GET of `url` answers 2xx."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
 def serve(
-    session: nox.Session, project: Path, env: dict[str, str], log: Path
+    session: nox.Session,
+    project: Path,
+    env: dict[str, str],
+    log: Path,
+    port: int | None = None,
 ) -> Iterator[str]:
-    """Run the Procfile's web command on 127.0.0.1; yield its URL, then stop it."""
-    port = free_port()
+    """Run the Procfile's web command on 127.0.0.1 (on `port`, or a free one); yield
+    its URL once it answers, then stop it (SIGTERM) and wait until it has exited."""
+    port = port or free_port()
     env = {
         **os.environ,
         **env,
@@ -277,30 +328,12 @@ def serve(
         "PATH": f"{session.bin}{os.pathsep}{os.environ['PATH']}",
     }
     url = f"http://127.0.0.1:{port}"
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            ["sh", "-c", f"exec {procfile(project)['web']}"],
-            cwd=project,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
+    command = ["sh", "-c", f"exec {procfile(project)['web']}"]
+    with running(command, log, cwd=project, env=env) as server:
+        wait_until(
+            session, lambda: answers(f"{url}/health"), f"gunicorn on {url}", server, log
         )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if server.poll() is not None:
-                session.error(f"gunicorn exited early:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    session.error(f"gunicorn did not answer on {url}")
-                time.sleep(0.2)
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 @nox.session
@@ -687,3 +720,294 @@ def check_docs_page(
             "the docs page: " + "; ".join(failed) + f"\nnot shown: "
             f"{sorted(operations - shown)}\nblocked: {blocked}\nrequests: {requested}"
         )
+
+
+# The balancer of `cluster`: round robin over the nodes, each checked on /ready twice
+# a second. HAProxy sends a request again, to the other node (redispatch), only when
+# no node has read it: the connection was refused, or closed with no answer by a node
+# on its way out (its workers exit with connections still queued on the socket). A
+# request's body is buffered before it goes to a node, so a POST can be sent again.
+# Only abnormal requests are logged: errors, and those sent more than once.
+HAPROXY_CONFIG = """\
+global
+    stats socket {socket} level admin
+    log stderr format short local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    option dontlog-normal
+    option forwardfor
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout check 2s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response
+    option http-buffer-request
+
+frontend api
+    bind 127.0.0.1:{port}
+    default_backend nodes
+
+backend nodes
+    balance roundrobin
+    option httpchk GET /ready
+    http-check expect status 200
+    default-server check inter 500ms fall 2 rise 2
+{servers}
+"""
+# How long `cluster`'s load runs before the first restart and after the last.
+CLUSTER_LOAD_BEFORE_SECONDS = 3
+CLUSTER_LOAD_AFTER_SECONDS = 5
+
+
+class Node:
+    """A node of `cluster`: the Procfile's web command on a port that stays its own
+    across restarts. Each run logs to a file of its own (node1-1.log, node1-2.log)."""
+
+    def __init__(
+        self,
+        session: nox.Session,
+        project: Path,
+        env: dict[str, str],
+        name: str,
+        work: Path,
+    ) -> None:
+        self.session, self.project, self.env = session, project, env
+        self.name, self.work = name, work
+        self.port = free_port()
+        self.logs: list[Path] = []
+        self.server = contextlib.ExitStack()
+
+    def start(self) -> None:
+        """Start it; return once it answers /health."""
+        log = self.work / f"{self.name}-{len(self.logs) + 1}.log"
+        self.logs.append(log)
+        serving = serve(self.session, self.project, self.env, log, self.port)
+        self.server.enter_context(serving)
+
+    def stop(self) -> None:
+        """SIGTERM; return once it has exited (a no-op when it is not running)."""
+        self.server.close()
+
+
+class Balancer:
+    """HAProxy in front of `cluster`'s nodes, and what its runtime API tells."""
+
+    def __init__(self, session: nox.Session, nodes: list[Node], work: Path) -> None:
+        self.session, self.nodes = session, nodes
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.socket, self.log = work / "haproxy.sock", work / "haproxy.log"
+        self.config = work / "haproxy.cfg"
+        servers = [f"    server {node.name} 127.0.0.1:{node.port}" for node in nodes]
+        self.config.write_text(
+            HAPROXY_CONFIG.format(
+                socket=self.socket, port=port, servers="\n".join(servers)
+            )
+        )
+        session.run("haproxy", "-c", "-q", "-f", str(self.config), external=True)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Run HAProxy; return once its checks found every node ready."""
+        with running(["haproxy", "-db", "-f", str(self.config)], self.log) as process:
+            self.process = process
+            self.wait_in_rotation(*self.nodes)
+            yield
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """HAProxy's figures for the backend (row BACKEND) and each node."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(2)
+            sock.connect(str(self.socket))
+            sock.sendall(b"show stat\n")
+            answer = b"".join(iter(functools.partial(sock.recv, 65536), b""))
+        rows = csv.DictReader(answer.decode().removeprefix("# ").splitlines())
+        return {row["svname"]: row for row in rows if row["pxname"] == "nodes"}
+
+    def wait_in_rotation(self, *nodes: Node) -> None:
+        """Return once HAProxy's checks found each of `nodes` ready: it sends them
+        traffic."""
+
+        def in_rotation() -> bool:
+            try:
+                stats = self.stats()
+            except OSError:
+                return False
+            return all(stats.get(node.name, {}).get("status") == "UP" for node in nodes)
+
+        what = f"HAProxy finds {', '.join(node.name for node in nodes)} ready"
+        wait_until(self.session, in_rotation, what, self.process, self.log)
+
+
+def restart(node: Node, balancer: Balancer) -> str:
+    """Replace a node as a rolling restart does; say how long each step took."""
+    began = time.monotonic()
+    node.stop()
+    stopped = time.monotonic()
+    node.start()
+    answering = time.monotonic()
+    balancer.wait_in_rotation(node)
+    ended = time.monotonic()
+    return (
+        f"{node.name}: exited {stopped - began:.1f} s after SIGTERM; the new one "
+        f"answered {answering - stopped:.1f} s later, was in rotation "
+        f"{ended - answering:.1f} s after that (restart: {ended - began:.1f} s)"
+    )
+
+
+def restart_under_load(
+    session: nox.Session, nodes: list[Node], balancer: Balancer, work: Path
+) -> tuple[dict, list[str]]:
+    """Restart the nodes one at a time while tests/cluster_load.py runs through the
+    balancer; return the load's report and how each restart went."""
+    report, log = work / "load.json", work / "load.log"
+    command = [
+        str(Path(session.bin, "python")), str(ROOT / "tests" / "cluster_load.py"),
+        balancer.url, str(report),
+    ]  # fmt: skip
+    with running(command, log) as load:
+        started = time.monotonic()
+        time.sleep(CLUSTER_LOAD_BEFORE_SECONDS)
+        restarts = [restart(node, balancer) for node in nodes]
+        restarts.append(
+            f"restarts from {CLUSTER_LOAD_BEFORE_SECONDS} s to "
+            f"{time.monotonic() - started:.1f} s into the load"
+        )
+        time.sleep(CLUSTER_LOAD_AFTER_SECONDS)
+        if load.poll() is not None:
+            session.error(f"the load ended before it was stopped:\n{log.read_text()}")
+        load.terminate()
+        if load.wait(timeout=60) != 0:
+            session.error(f"the load generator failed:\n{log.read_text()}")
+    return json.loads(report.read_text()), restarts
+
+
+def redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16) == b"+PONG\r\n"
+    except OSError:
+        return False
+
+
+def stored_item_ids(url: str) -> set[int]:
+    """The id of every item the API lists, page by page."""
+    ids, page, per_page = set(), 1, 100
+    while True:
+        query = f"page={page}&per_page={per_page}"
+        with urllib.request.urlopen(f"{url}/api/v1/items?{query}", timeout=10) as got:
+            data = json.load(got)["data"]
+        ids |= {item["id"] for item in data["items"]}
+        if page * per_page >= data["total"]:
+            return ids
+        page += 1
+
+
+def above_info(log: Path) -> list[str]:
+    """The lines of a server's JSON log above INFO, and any line that is not JSON."""
+    lines = []
+    for line in log.read_text().splitlines():
+        try:
+            level = json.loads(line)["level"]
+        except (ValueError, KeyError):
+            level = None
+        if level not in {"DEBUG", "INFO"}:
+            lines.append(line)
+    return lines
+
+
+@nox.session
+def cluster(session: nox.Session) -> None:
+    """Two nodes behind HAProxy, restarted one at a time under load: nothing is lost.
+
+    The large postgresql render runs its Procfile's release command on the database
+    at TEST_DATABASE_URL, then its web command on two ports of 127.0.0.1 behind
+    HAProxy, which checks each node on /ready. Redis runs beside them, as in a
+    deployment with `rate_limit`, and the nodes are given its URL. While
+    tests/cluster_load.py writes and reads through HAProxy, each node in turn gets
+    SIGTERM, is waited for (gunicorn finishes what it is serving, then exits), and
+    is replaced on its port by a fresh node, which HAProxy must find ready before
+    the next one goes. Then no request may have failed, every write the API
+    acknowledged must be stored, and every run of a node must have served the load
+    and logged nothing above INFO. Needs haproxy and redis-server, which it
+    installs with apt-get as root.
+    """
+    database = os.environ.get("TEST_DATABASE_URL")
+    if not database:
+        session.error("Set TEST_DATABASE_URL to a PostgreSQL database.")
+    apt_install(session, "haproxy", "haproxy")
+    apt_install(session, "redis-server", "redis-server")
+    project = render(session, "cluster", layout="large", database="postgresql")
+    install(session, project)
+    work = project / "cluster"
+    work.mkdir()
+    redis_port = free_port()
+    env = release(session, project, DATABASE_URL=database, TRUSTED_PROXIES="1")
+    env |= {
+        "WEB_CONCURRENCY": "2",
+        "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{redis_port}/0",
+    }
+    nodes = [Node(session, project, env, name, work) for name in ("node1", "node2")]
+    balancer = Balancer(session, nodes, work)
+    with contextlib.ExitStack() as stack:
+        redis_log = work / "redis.log"
+        redis = stack.enter_context(
+            running(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
+                 "--save", "", "--appendonly", "no", "--dir", str(work)],
+                redis_log,
+            )
+        )  # fmt: skip
+        wait_until(
+            session, lambda: redis_answers(redis_port), "redis", redis, redis_log
+        )
+        for node in nodes:
+            stack.callback(node.stop)
+            node.start()
+        stack.enter_context(balancer.running())
+        figures, restarts = restart_under_load(session, nodes, balancer, work)
+        stored = stored_item_ids(balancer.url)
+        backend = balancer.stats()["BACKEND"]
+    acknowledged = set(figures["acknowledged"])
+    session.log(
+        f"{figures['requests']} requests from {figures['clients']} clients in "
+        f"{figures['seconds']} s, {figures['failures']} failed; latency p50 "
+        f"{figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, "
+        f"max {figures['max_ms']} ms"
+    )
+    session.log(
+        f"writes acknowledged: {len(acknowledged)}, found in the database: "
+        f"{len(acknowledged & stored)}; HAProxy's retries: {backend['wretr']}, "
+        f"redispatches (a request sent to the other node): {backend['wredis']}"
+    )
+    session.log("rolling restart:\n" + "\n".join(restarts))
+    served = {
+        log.name: sum(path.startswith("/api/") for _, path, _ in requests_logged(log))
+        for node in nodes
+        for log in node.logs
+    }
+    session.log(f"API requests served by each run of a node: {served}")
+    if figures["failures"]:
+        failures = "\n".join(figures["failures_first"])
+        session.error(
+            f"failed requests:\n{failures}\nHAProxy's log:\n{balancer.log.read_text()}"
+        )
+    if acknowledged - stored:
+        missing = sorted(acknowledged - stored)
+        session.error(f"{len(missing)} acknowledged writes are missing: {missing[:20]}")
+    if not all(served.values()):
+        session.error("a run of a node served none of the load")
+    logged = [
+        f"{log.name}: {line}"
+        for node in nodes
+        for log in node.logs
+        for line in above_info(log)
+    ]
+    if logged:
+        session.error("the nodes logged above INFO:\n" + "\n".join(logged))

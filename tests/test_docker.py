@@ -130,6 +130,45 @@ def module_files(project: Path, module: str) -> set[str]:
     }
 
 
+def build_wheel(project: Path, tmp_path: Path) -> Path:
+    """The build stage's wheel. The image builds it in isolation; this uses the
+    setuptools installed here, checked against the rendered build-system, to spare
+    a download per run."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+        + ["--no-build-isolation", "--check-build-dependencies"]
+        + ["--wheel-dir", wheels, project],
+        check=True,
+    )
+    (wheel,) = wheels.glob("*.whl")
+    return wheel
+
+
+def install_runtime(
+    project: Path, runtime: list[tuple[str, str]], wheel: Path, tmp_path: Path
+) -> tuple[Path, Path, Path]:
+    """The runtime stage: the wheel installed (not editable) into a prefix, as in
+    the image's virtualenv, and a working directory holding only what the stage
+    copies from the context. Returns the prefix, its site-packages and that
+    directory."""
+    prefix = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+        + ["--prefix", prefix, wheel],
+        check=True,
+    )
+    (site,) = prefix.glob("lib/python*/site-packages")
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    for args in arguments(runtime, "COPY"):
+        if "--from" not in args:
+            source, target = shlex.split(args)
+            copy = shutil.copytree if (project / source).is_dir() else shutil.copy
+            copy(project / source, workdir / target)
+    return prefix, site, workdir
+
+
 # single-module packs like large (one package); large adds subpackages.
 @pytest.mark.parametrize("layout", ["single-file", "large"])
 def test_image_recipe_serves_and_passes_its_healthcheck(render, tmp_path, layout):
@@ -155,36 +194,12 @@ def test_image_recipe_serves_and_passes_its_healthcheck(render, tmp_path, layout
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     migrate = compose["services"]["migrate"]["entrypoint"]
     assert migrate[:3] == ["flask", "--app", module]
-    # The image builds it in isolation; this test uses the setuptools installed
-    # here, checked against the rendered build-system, to spare a download per run.
-    wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
-        + ["--no-build-isolation", "--check-build-dependencies"]
-        + ["--wheel-dir", wheels, project],
-        check=True,
-    )
-    (wheel,) = wheels.glob("*.whl")
+    wheel = build_wheel(project, tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         packaged = {name for name in archive.namelist() if name.endswith(".py")}
     assert packaged == module_files(project, module)
 
-    # Installed (not editable) into a prefix, as in the image's virtualenv; the
-    # working directory holds only what the runtime stage copies from the context.
-    prefix = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
-        + ["--prefix", prefix, wheel],
-        check=True,
-    )
-    (site,) = prefix.glob("lib/python*/site-packages")
-    workdir = tmp_path / "app"
-    workdir.mkdir()
-    for args in arguments(runtime, "COPY"):
-        if "--from" not in args:
-            source, target = shlex.split(args)
-            copy = shutil.copytree if (project / source).is_dir() else shutil.copy
-            copy(project / source, workdir / target)
+    prefix, site, workdir = install_runtime(project, runtime, wheel, tmp_path)
     port = free_port()
     env |= {
         "PYTHONPATH": str(site),

@@ -41,6 +41,22 @@ COMMON = {
     "tests/test_responses.py",
     "tests/test_serving.py",
 }
+# deploy/kubernetes/, rendered with `docker`: SQLite's single pod keeps its
+# database on a volume; PostgreSQL's pods scale, and migrate in a Job first.
+KUBERNETES_FILES = {
+    database: {f"deploy/kubernetes/{name}.yaml" for name in names}
+    for database, names in {
+        "sqlite": ("configmap", "deployment", "pvc", "service"),
+        "postgresql": (
+            "configmap",
+            "deployment",
+            "hpa",
+            "migrate-job",
+            "pdb",
+            "service",
+        ),
+    }.items()
+}
 LAYOUT_FILES = {
     "single-file": {"app.py"},
     "single-module": {
@@ -72,8 +88,10 @@ LAYOUT_FILES = {
             "core/extensions",
             "core/log",
             "core/middleware",
+            "core/models",
             "core/responses",
-            "core/timestamps",
+            "core/schemas",
+            "core/views",
             "health/__init__",
             "health/views",
             "items/__init__",
@@ -115,7 +133,8 @@ def test_variants_cover_every_choice():
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_file_set_of_each_variant(render, layout, database):
     project = render(layout=layout, database=database)
-    assert files_of(project) == COMMON | LAYOUT_FILES[layout]
+    expected = COMMON | LAYOUT_FILES[layout] | KUBERNETES_FILES[database]
+    assert files_of(project) == expected
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -130,6 +149,7 @@ def test_optional_files_can_be_left_out(render, layout):
     }
     assert files_of(project) == (COMMON - left_out) | LAYOUT_FILES[layout]
     assert not (project / ".github").exists()
+    assert not (project / "deploy").exists()
 
 
 # What `auth` adds: its tests and migration, and its modules in the package layouts.
@@ -157,7 +177,8 @@ AUTH_MODULES = {
 def test_file_set_with_auth(render, layout, auth):
     project = render(layout=layout, auth=auth)
     added = AUTH_FILES[auth] | AUTH_MODULES.get((layout, auth), set())
-    assert files_of(project) == COMMON | LAYOUT_FILES[layout] | added
+    expected = COMMON | LAYOUT_FILES[layout] | KUBERNETES_FILES["sqlite"] | added
+    assert files_of(project) == expected
     assert_no_debris(project)
 
 
@@ -352,10 +373,11 @@ def test_openapi_has_the_same_names_in_every_layout(render, layout):
     module = "app.py" if layout == "single-file" else "my_api/openapi.py"
     text = (project / module).read_text()
     for definition in (
+        "class APIBlueprint(flask_smorest.Blueprint):",
+        "class Api(flask_smorest.Api):",
         "def build_openapi(app: Flask)",
         "def openapi_json()",
         "def export_openapi(",
         'openapi_bp = Blueprint("openapi", __name__)',
-        "OPERATIONS: dict[",
     ):
         assert text.count(definition) == 1, definition

@@ -1,9 +1,10 @@
 """The rendered Python reads as written by hand: no name defined twice in a module,
-nothing of a database or feature the user did not choose, and the same functions and
-classes in every layout."""
+nothing of a database or feature the user did not choose, the same functions and
+classes in every layout, and no feature importing another."""
 
 import ast
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import DATABASES, LAYOUTS, QUESTIONS
@@ -122,3 +123,64 @@ def test_every_layout_defines_the_same_functions_and_classes(render, auth):
     assert "create_app" in single_file
     for names in others:
         assert names == single_file
+
+
+def imported_modules(path: Path, root: Path) -> set[str]:
+    """The absolute names of the modules a file under `root` imports from."""
+    package = path.relative_to(root.parent).with_suffix("").parts[:-1]
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            modules.add(".".join([*base, *filter(None, [node.module])]))
+    return modules
+
+
+def cross_feature_imports(package: Path) -> dict[str, set[str]]:
+    """Per file of a feature package (any but `core`), the other features' modules
+    it imports."""
+    features = {path.parent.name for path in package.glob("*/__init__.py")} - {"core"}
+    found = {}
+    for feature in features:
+        others = {f"{package.name}.{other}" for other in features - {feature}}
+        for path in (package / feature).rglob("*.py"):
+            imported = {
+                module
+                for module in imported_modules(path, package)
+                if ".".join(module.split(".")[:2]) in others
+            }
+            if imported:
+                found[path.relative_to(package).as_posix()] = imported
+    return found
+
+
+def test_imports_from_another_feature_are_found(tmp_path):
+    package = tmp_path / "shop"
+    files = {
+        "core/__init__.py": "",
+        "core/views.py": "from ..items.models import Item\n",
+        "items/__init__.py": "",
+        "items/models.py": "import json\n",
+        "orders/__init__.py": "",
+        "orders/views.py": "from ..core.views import x\nfrom ..items import models\n",
+    }
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    assert imported_modules(package / "orders/views.py", package) == {
+        "shop.core.views",
+        "shop.items",
+    }
+    assert cross_feature_imports(package) == {"orders/views.py": {"shop.items"}}
+
+
+@pytest.mark.parametrize("auth", AUTHS)
+def test_no_feature_imports_another(render, auth):
+    """What two resources share lives in core: a feature imports core (and the
+    OpenAPI module's blueprint), never another feature; `auth` is a feature too."""
+    package = render(layout="large", auth=auth) / "my_api"
+    features = {"core", "health", "items"} | ({"auth"} if auth != "none" else set())
+    assert {path.parent.name for path in package.glob("*/__init__.py")} == features
+    assert cross_feature_imports(package) == {}

@@ -23,7 +23,13 @@ from test_update import CONFLICT_MARKERS, commit_all, git, git_init, tree
 PREVIOUS_RELEASE = ("v0.1.0", "e5d6fdc4e030da3ec58b8c51129e020482355bb9")
 # Files where this release and the user's edits below touch the same lines, and
 # how CHANGELOG.md's "Updating from 0.1" section says to resolve each.
-EXPECTED_CONFLICTS = {"README.md", "shop/core/config.py", "tests/conftest.py"}
+EXPECTED_CONFLICTS = {
+    "README.md",
+    "shop/api.py",
+    "shop/core/config.py",
+    "shop/openapi.py",
+    "tests/conftest.py",
+}
 TEMPLATE_SIDE = re.compile(
     r"^<<<<<<< before updating\n.*?^=======\n(.*?)^>>>>>>> after updating\n",
     re.MULTILINE | re.DOTALL,
@@ -181,6 +187,75 @@ ORDERS_OPERATIONS = """\
         },
     },
 """
+# The orders resource as this release documents it: its views declared on an
+# APIBlueprint (the OPERATIONS table is gone), the building blocks from core.
+ORDERS_FILES_NOW = {
+    "shop/orders/schemas.py": dedent('''
+        """What the orders API accepts and returns."""
+
+        from marshmallow import Schema, fields, validate
+
+        from ..core.schemas import MAX_INT32
+
+
+        class OrderSchema(Schema):
+            id = fields.Integer(dump_only=True)
+            item_id = fields.Integer(
+                required=True, validate=validate.Range(min=1, max=MAX_INT32)
+            )
+            quantity = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+        class OrderDataSchema(Schema):
+            order = fields.Nested(OrderSchema, required=True)
+
+
+        class OrdersSchema(Schema):
+            orders = fields.List(fields.Nested(OrderSchema), required=True)
+        '''),
+    "shop/orders/views.py": dedent('''
+        """The orders collection: every order, or a new one."""
+
+        from typing import Any
+
+        from flask import current_app
+        from flask.views import MethodView
+        from sqlalchemy import select
+
+        from ..core.extensions import db
+        from ..core.responses import APIException
+        from ..openapi import APIBlueprint
+        from .models import Order
+        from .schemas import OrderDataSchema, OrderSchema, OrdersSchema
+
+        orders_bp = APIBlueprint(
+            "orders", __name__, url_prefix="/orders", description="Orders for items."
+        )
+        order_schema = OrderSchema()
+
+
+        @orders_bp.route("", endpoint="orders")
+        class OrderListAPI(MethodView):
+            @orders_bp.response(200, OrdersSchema)
+            @orders_bp.doc(operationId="listOrders")
+            def get(self) -> dict[str, Any]:
+                """Every order."""
+                return {"orders": db.session.scalars(select(Order).order_by(Order.id))}
+
+            @orders_bp.arguments(order_schema)
+            @orders_bp.response(201, OrderDataSchema)
+            @orders_bp.doc(operationId="createOrder")
+            def post(self, values: dict[str, Any]) -> dict[str, Any]:
+                """Order an item."""
+                if values["quantity"] > current_app.config["ORDER_LIMIT"]:
+                    message = "Over the order limit."
+                    raise APIException(message, 400, {"quantity": [message]})
+                order = Order(**values)
+                db.session.add(order)
+                db.session.commit()
+                return {"order": order}
+        '''),
+}
 # Lines the user adds to files the template owns: (file, anchor, added after it).
 ORDERS_EDITS = [
     (
@@ -272,8 +347,10 @@ def conflicted(project: Path) -> set[str]:
 def resolve_as_the_changelog_says(project: Path) -> None:
     """Keep the template's side of each conflict, then put the user's work back:
     the setting becomes one line of SETTINGS (its variable, the Config attribute
-    and the isolation list are derived now), the README section goes last, and the
-    orders operations' tag is declared."""
+    and the isolation list are derived now), the README section goes last, the
+    orders blueprint's import goes back beside the new one in the API module, and
+    the orders views are declared on an APIBlueprint, which documents them (the
+    OPERATIONS table is gone), with MAX_INT32 from core."""
     for name in EXPECTED_CONFLICTS:
         file = project / name
         file.write_text(TEMPLATE_SIDE.sub(r"\1", file.read_text()))
@@ -285,14 +362,9 @@ def resolve_as_the_changelog_says(project: Path) -> None:
     )
     with (project / "README.md").open("a") as readme:
         readme.write(README_SECTION)
-    # Not a conflict, but a test of the new release asks for it: the document
-    # declares every tag its operations use.
-    add_after(
-        project,
-        "shop/openapi.py",
-        "\nTAGS = [\n",
-        '    {"name": "orders", "description": "Orders for items."},\n',
-    )
+    add_after(project, "shop/api.py", *ORDERS_EDITS[0][1:])
+    for name, content in ORDERS_FILES_NOW.items():
+        (project / name).write_text(content)
 
 
 def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
@@ -331,7 +403,8 @@ def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
     for name in ORDERS_FILES:
         assert files[name] == users_files[name], name
     for name, anchor, added in ORDERS_EDITS:
-        assert anchor + added in files[name].decode(), (name, added)
+        if name not in EXPECTED_CONFLICTS:
+            assert anchor + added in files[name].decode(), (name, added)
     assert SETTING_EDITS[-1][2] in files[".env.example"].decode()
     assert DEPENDENCY_EDIT[1] in files["pyproject.toml"].decode()
     assert README_INTRO in files["README.md"].decode()

@@ -1,2 +1,2 @@
-"""Core of the application: configuration, extensions, JSend, errors, logging and the
-UTC timestamps every feature's models use."""
+"""Core of the application: configuration, extensions, JSend, errors, logging,
+and what the models, schemas and views of every resource share."""
