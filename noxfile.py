@@ -64,7 +64,7 @@ FEATURES = {
 # each of their answers but the default a variant of its own, the layouts and the
 # databases taken in turn so that the sample covers them all between its entries.
 # (docker and github_actions add files, which tests/test_render.py checks.)
-SAMPLED_FEATURES = ["rate_limit"]
+SAMPLED_FEATURES = ["auth", "rate_limit"]
 SAMPLE = [
     {
         "layout": LAYOUTS[-1 - number % len(LAYOUTS)],
@@ -251,6 +251,26 @@ def smoke(session: nox.Session, layout: str) -> None:
     project = render(session, layout, layout=layout)
     install(session, project)
     session.run("python", str(ROOT / "tests" / "smoke.py"), str(project))
+
+
+@nox.session
+@nox.parametrize(
+    ("kind", "layout"),
+    [("jwt", "large"), ("api-key", "single-file")],
+    ids=["jwt", "api-key"],
+)
+def auth(session: nox.Session, kind: str, layout: str) -> None:
+    """Serve an `auth` render under gunicorn, as the Procfile says, and use it.
+
+    jwt: a provider on 127.0.0.1 publishes an RSA key as a JWKS; a token it signed
+    writes, and each bad token (missing, malformed, another scheme, expired, another
+    audience or issuer, an unknown key, `alg: none`, HS256 with the public key) gets
+    a 401. api-key: a key from `create-api-key` writes until `revoke-api-key` runs,
+    and is never stored. Neither ever reaches the server's log.
+    """
+    project = render(session, f"auth-{kind}", layout=layout, auth=kind)
+    install(session, project)
+    session.run("python", str(ROOT / "tests" / "auth_check.py"), str(project))
 
 
 @nox.session
@@ -672,10 +692,12 @@ def browser(session: nox.Session) -> None:
 def openapi(session: nox.Session) -> None:
     """The OpenAPI document, put to the tools its readers will use.
 
-    Each layout exports the same document with `flask <slug> openapi`. It must pass
-    openapi-spec-validator, and Redocly's (`recommended`) and Spectral's
-    (`spectral:oas`, .spectral.yaml) rules with no error; both linters come from npm,
-    pinned, into this session's folder, and run with `--offline`. A client that
+    Each layout exports the same document with `flask <slug> openapi`. It, and the
+    document of an `auth=jwt` render whose reads need a token and writes a scope
+    (the bearer scheme, `security`, 401 and 403), must pass openapi-spec-validator,
+    and Redocly's (`recommended`) and Spectral's (`spectral:oas`, .spectral.yaml)
+    rules with no error; both linters come from npm, pinned, into this session's
+    folder, and run with `--offline`. A client that
     openapi-python-client generates from it drives a served project: it creates an
     item, PATCHes its name alone (the description must stay), reads and lists.
     Headless Chromium loads the docs page: Swagger UI must show every operation,
@@ -691,15 +713,17 @@ def openapi(session: nox.Session) -> None:
         layout: render(session, f"openapi-{layout}", layout=layout)
         for layout in LAYOUTS
     }
+    secured = render(session, "openapi-jwt", layout="single-file", auth="jwt")
+    # Exported first, as the layouts' installs below replace it; every part of
+    # `auth`'s description is in a document built with these settings.
+    install(session, secured)
+    secured_document = export_openapi(
+        session, secured, AUTH_REQUIRED_FOR_READS="true", JWT_WRITE_SCOPE="write:items"
+    )
     documents = {}
     for layout, project in projects.items():
         install(session, project)
-        answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
-        exported = project / "openapi.json"
-        session.run(
-            "flask", answers["project_slug"], "openapi", "--output", str(exported)
-        )
-        documents[layout] = json.loads(exported.read_text())
+        documents[layout] = json.loads(export_openapi(session, project).read_text())
     differing = [name for name in LAYOUTS if documents[name] != documents[LAYOUTS[0]]]
     if differing:
         session.error(f"the document differs from {LAYOUTS[0]}'s in: {differing}")
@@ -707,7 +731,8 @@ def openapi(session: nox.Session) -> None:
     # The layout installed last serves the checks below.
     project = projects[LAYOUTS[-1]]
     exported = project / "openapi.json"
-    session.run("openapi-spec-validator", str(exported))
+    linted = [str(exported), str(secured_document)]
+    session.run("openapi-spec-validator", *linted)
     npm = work / "npm"
     # No install scripts: one in Spectral's dependencies reports each install.
     session.run(
@@ -717,11 +742,11 @@ def openapi(session: nox.Session) -> None:
     npx = ["npx", "--yes", "--offline", "--prefix", str(npm)]
     session.run(
         *npx, "redocly", "lint", "--extends=recommended", "--format=stylish",
-        str(exported), env=REDOCLY_OFFLINE, external=True,
+        *linted, env=REDOCLY_OFFLINE, external=True,
     )  # fmt: skip
     session.run(
         *npx, "spectral", "lint", "--ruleset", str(ROOT / ".spectral.yaml"),
-        str(exported), external=True,
+        *linted, external=True,
     )  # fmt: skip
     clients = work / "openapi-clients"
     shutil.rmtree(clients, ignore_errors=True)
@@ -751,6 +776,18 @@ def openapi(session: nox.Session) -> None:
         elapsed = time.monotonic() - started
     check_docs_page(session, documents[LAYOUTS[-1]], page, loaded, log)
     session.log(f"the docs page rendered in {elapsed:.1f} s")
+
+
+def export_openapi(session: nox.Session, project: Path, **settings: str) -> Path:
+    """`project`'s OpenAPI document, as `flask <slug> openapi` writes it with
+    `settings` in the environment, in its openapi.json."""
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    exported = project / "openapi.json"
+    session.run(
+        "flask", answers["project_slug"], "openapi", "--output", str(exported),
+        env=settings,
+    )  # fmt: skip
+    return exported
 
 
 def check_docs_page(

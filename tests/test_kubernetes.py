@@ -369,6 +369,65 @@ def test_readme_deploys_these_manifests(render, database):
         assert applied == ["deploy/kubernetes/"]
 
 
+def declared_settings(project: Path) -> dict[str, bool]:
+    """The variables a render's config declares, each with whether it is secret."""
+    config = (project / "my_api" / "config.py").read_text()
+    declared = re.findall(r'^    Setting\("(\w+)"(.*)\),$', config, re.M)
+    return {name: "secret=True" in rest for name, rest in declared}
+
+
+def check_config(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The rendered config's own check of `env`, as a pod runs it when it starts."""
+    script = (
+        "import runpy; config = runpy.run_path('my_api/config.py'); "
+        "config['check_config'](config['load_config']())"
+    )
+    return subprocess.run(
+        [BIN / "python", "-c", script],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("auth", ["api-key", "jwt"])
+def test_pods_get_the_auth_settings(render, auth):
+    """`auth`'s settings reach the pods: those that are not secret in the ConfigMap,
+    the secret one (JWT_SECRET) from the Secret, optional, as JWT_JWKS_URL can stand
+    in for it. A jwt pod refuses to start until its key source and audience are
+    filled in, and starts once they are."""
+    project, plain = render(auth=auth), render()
+    objects = manifests(project)
+    for manifest in objects.values():
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSIONS[-1], strict=True)
+    added = declared_settings(project).items() - declared_settings(plain).items()
+    secret = {name for name, is_secret in added if is_secret}
+    data = objects["configmap.yaml"]["data"]
+    plain_data = manifests(plain)["configmap.yaml"]["data"]
+    assert data.keys() - plain_data.keys() == {name for name, _ in added} - secret
+    for pod in pod_specs(objects):
+        for container in containers(pod):
+            optional = {
+                variable["name"]
+                for variable in container["env"]
+                if variable["valueFrom"]["secretKeyRef"].get("optional")
+            }
+            assert optional == secret
+
+    env = {"PATH": os.environ["PATH"], **data, "SECRET_KEY": secrets.token_hex(32)}
+    started = check_config(project, env)
+    if auth == "jwt":
+        assert started.returncode != 0
+        assert "JWT_JWKS_URL" in started.stderr
+        env |= {
+            "JWT_JWKS_URL": "https://id.example/.well-known/jwks.json",
+            "JWT_AUDIENCE": "https://api.example",
+        }
+        started = check_config(project, env)
+    assert started.returncode == 0, started.stderr
+
+
 # A new mount namespace where / is read-only but the folders named after it, bound
 # over themselves first, and the mounts of their own such as /dev/shm: what a
 # container with readOnlyRootFilesystem and those volumes sees.

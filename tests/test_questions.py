@@ -79,6 +79,7 @@ BAD_ANSWERS = [
     ("database", "mysql", "Invalid choice"),
     ("python_version", "3.10", "Invalid choice"),
     ("license", "GPL", "Invalid choice"),
+    ("auth", "oauth", "Invalid choice"),
 ]
 
 
@@ -113,9 +114,13 @@ def shadowing_names() -> set[str]:
     return set(ast.literal_eval(listed))
 
 
-@pytest.mark.parametrize("layout", ["single-file", "large"])
-def test_every_module_the_project_imports_is_refused_as_a_package_name(render, layout):
-    project = render(layout=layout, database="postgresql", rate_limit=True)
+@pytest.mark.parametrize(
+    ("layout", "auth"), [("single-file", "jwt"), ("large", "api-key"), ("large", "jwt")]
+)
+def test_every_module_the_project_imports_is_refused_as_a_package_name(
+    render, layout, auth
+):
+    project = render(layout=layout, database="postgresql", auth=auth, rate_limit=True)
     imported = set()
     for path in project.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -160,11 +160,44 @@ def test_rate_limit_adds_its_tests(render, layout):
     assert files_of(project) == expected | rate_limit_files
 
 
+# What `auth` adds: its tests and migration, and its modules in the package layouts.
+AUTH_FILES = {
+    "api-key": {
+        "migrations/versions/0002_create_api_keys.py",
+        "tests/test_api_keys.py",
+        "tests/test_auth.py",
+    },
+    "jwt": {"tests/test_auth.py", "tests/test_jwt.py"},
+}
+AUTH_MODULES = {
+    ("single-module", "api-key"): {"my_api/auth.py"},
+    ("single-module", "jwt"): {"my_api/auth.py"},
+    ("large", "api-key"): {
+        f"my_api/auth/{module}.py"
+        for module in ("__init__", "credentials", "models", "cli")
+    },
+    ("large", "jwt"): {"my_api/auth/__init__.py", "my_api/auth/credentials.py"},
+}
+
+
+@pytest.mark.parametrize("auth", AUTH_FILES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_file_set_with_auth(render, layout, auth):
+    project = render(layout=layout, auth=auth)
+    added = AUTH_FILES[auth] | AUTH_MODULES.get((layout, auth), set())
+    expected = COMMON | LAYOUT_FILES[layout] | KUBERNETES_FILES["sqlite"] | added
+    assert files_of(project) == expected
+    assert_no_debris(project)
+
+
 @pytest.mark.parametrize("rate_limit", [False, True], ids=["defaults", "rate_limit"])
 @pytest.mark.parametrize("database", DATABASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_no_jinja_debris(render, layout, database, rate_limit):
-    project = render(layout=layout, database=database, rate_limit=rate_limit)
+    assert_no_debris(render(layout=layout, database=database, rate_limit=rate_limit))
+
+
+def assert_no_debris(project):
     for name in files_of(project):
         if not TEXT_FILES.search(name):
             continue

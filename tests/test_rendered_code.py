@@ -1,16 +1,24 @@
 """The rendered Python reads as written by hand: no name defined twice in a module,
-nothing of a database or a feature the user did not choose, and no feature
-importing another."""
+nothing of a database or feature the user did not choose, the same functions and
+classes in every layout, and no feature importing another."""
 
 import ast
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import DATABASES, LAYOUTS
+from conftest import DATABASES, LAYOUTS, QUESTIONS
 
 # Text that only a postgresql render may carry: its driver as a dependency, its pool
 # settings, its service in compose and CI, and its way of naming a broken constraint.
 POSTGRESQL_ONLY = ("psycopg[binary]>=", "pool_pre_ping", "postgres:17", 'constraint "')
+AUTHS = list(QUESTIONS["auth"]["choices"].values())
+# Text that only a render with `auth` may carry: its setting, its check, the header
+# browser code reads on a 401; then what only one kind of credential needs: the
+# table and its commands, or the dependency and its settings.
+AUTH_ONLY = ("AUTH_REQUIRED_FOR_READS", "def authenticate(", '"WWW-Authenticate",')
+API_KEY_ONLY = ("api_keys", "create-api-key", "class ApiKey(", "test_api_keys")
+JWT_ONLY = ("PyJWT[crypto]>=", "import jwt", "JWT_AUDIENCE", "JWT_JWKS_URL")
 # Text that only a rate_limit render may carry: its dependencies, its settings, the
 # limiter in the code, Redis in compose, gunicorn's warning and the documented 429.
 RATE_LIMIT_ONLY = (
@@ -96,6 +104,55 @@ def test_renders_without_rate_limit_carry_nothing_of_it(render, layout):
     assert_no_name_defined_twice(limited)
 
 
+def texts_of(project):
+    """Every file's text, its path included (file names are part of a render)."""
+    return [
+        f"{path.relative_to(project)}\n{path.read_text()}"
+        for path in project.rglob("*")
+        if path.is_file() and ".git" not in path.parts
+    ]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_auth_choice_carries_only_its_own_code(render, layout):
+    """`none` renders no code, dependency, table or setting of authentication."""
+    expected = {
+        "none": set(),
+        "api-key": {*AUTH_ONLY, *API_KEY_ONLY},
+        "jwt": {*AUTH_ONLY, *JWT_ONLY},
+    }
+    assert list(expected) == AUTHS
+    for auth in AUTHS:
+        texts = texts_of(render(layout=layout, auth=auth))
+        markers = AUTH_ONLY + API_KEY_ONLY + JWT_ONLY
+        found = {marker for marker in markers if any(marker in t for t in texts)}
+        assert found == expected[auth], auth
+
+
+def defined_names(project):
+    """How many times the application code defines each function and class."""
+    names = Counter()
+    for path in project.rglob("*.py"):
+        if path.parts[len(project.parts)] in {"tests", "migrations"}:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                names[node.name] += 1
+    return names
+
+
+@pytest.mark.parametrize("auth", AUTHS)
+def test_every_layout_defines_the_same_functions_and_classes(render, auth):
+    """One source per piece: the layouts differ in where code lives, not in what
+    there is of it."""
+    single_file, *others = [
+        defined_names(render(layout=layout, auth=auth)) for layout in LAYOUTS
+    ]
+    assert "create_app" in single_file
+    for names in others:
+        assert names == single_file
+
+
 def imported_modules(path: Path, root: Path) -> set[str]:
     """The absolute names of the modules a file under `root` imports from."""
     package = path.relative_to(root.parent).with_suffix("").parts[:-1]
@@ -147,13 +204,11 @@ def test_imports_from_another_feature_are_found(tmp_path):
     assert cross_feature_imports(package) == {"orders/views.py": {"shop.items"}}
 
 
-def test_no_feature_imports_another(render):
+@pytest.mark.parametrize("auth", AUTHS)
+def test_no_feature_imports_another(render, auth):
     """What two resources share lives in core: a feature imports core (and the
-    OpenAPI module's blueprint), never another feature."""
-    package = render(layout="large") / "my_api"
-    assert {path.parent.name for path in package.glob("*/__init__.py")} == {
-        "core",
-        "health",
-        "items",
-    }
+    OpenAPI module's blueprint), never another feature; `auth` is a feature too."""
+    package = render(layout="large", auth=auth) / "my_api"
+    features = {"core", "health", "items"} | ({"auth"} if auth != "none" else set())
+    assert {path.parent.name for path in package.glob("*/__init__.py")} == features
     assert cross_feature_imports(package) == {}

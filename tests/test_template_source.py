@@ -18,7 +18,7 @@ MANIFEST_CALL = re.compile(r'\{\{ module\("[a-z_.]*"(, docstring|, "[^"\n]*")?\)
 
 
 def pieces_in_order() -> list[str]:
-    listed = re.search(r"\{% set PIECES = \[(.*?)\] %\}", LAYOUT, re.DOTALL)
+    listed = re.search(r"\{% set PIECES = \[(.*?)\]", LAYOUT, re.DOTALL)
     return re.findall(r'"([a-z_]+)"', listed.group(1))
 
 
