@@ -24,7 +24,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from smoke import free_port, procfile, request, wait_until_serving
+from smoke import free_port, procfile, request, start_without, wait_until_serving
 
 AUDIENCE = "https://api.example"
 ISSUER = "https://id.example/"
@@ -111,15 +111,7 @@ def production(project: Path, **settings: str) -> dict[str, str]:
 
 
 def check_refuses_without_audience(project: Path, env: dict[str, str]) -> None:
-    env = {name: value for name, value in env.items() if name != "JWT_AUDIENCE"}
-    result = subprocess.run(
-        ["bash", "-c", procfile(project)["web"]],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = start_without(project, env, "JWT_AUDIENCE")
     last = result.stderr.strip().splitlines()[-1:]
     check(
         result.returncode != 0 and last == ["JWT_AUDIENCE must be set in production."],

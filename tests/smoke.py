@@ -68,9 +68,12 @@ def wait_until_serving(port: int, server: subprocess.Popen, deadline: float) -> 
     raise SystemExit("smoke: FAILED: gunicorn did not answer /health in time")
 
 
-def check_refuses_without_secret(project: Path, env: dict[str, str]) -> None:
-    env = {key: value for key, value in env.items() if key != "SECRET_KEY"}
-    result = subprocess.run(
+def start_without(
+    project: Path, env: dict[str, str], variable: str
+) -> subprocess.CompletedProcess:
+    """The Procfile's web command, run to its end with `variable` unset."""
+    env = {key: value for key, value in env.items() if key != variable}
+    return subprocess.run(
         ["bash", "-c", procfile(project)["web"]],
         cwd=project,
         env=env,
@@ -78,6 +81,10 @@ def check_refuses_without_secret(project: Path, env: dict[str, str]) -> None:
         text=True,
         timeout=60,
     )
+
+
+def check_refuses_without_secret(project: Path, env: dict[str, str]) -> None:
+    result = start_without(project, env, "SECRET_KEY")
     errors = result.stderr.strip().splitlines()
     check(result.returncode != 0, "production without SECRET_KEY refuses to start")
     check(
