@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -1004,6 +1005,32 @@ def redis_answers(port: int) -> bool:
         return False
 
 
+# The `cluster` session's rate limit, and the client whose count it reads: an
+# address from the documentation range, sent as X-Forwarded-For and never contacted.
+CLUSTER_LIMIT = 1_000_000
+CLUSTER_CLIENT = "203.0.113.7"
+
+
+def limit_left(port: int) -> int:
+    """RateLimit-Remaining for CLUSTER_CLIENT after one read from the node at `port`."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/items?per_page=1",
+        headers={"X-Forwarded-For": CLUSTER_CLIENT},
+    )
+    with urllib.request.urlopen(request, timeout=10) as got:
+        return int(got.headers["RateLimit-Remaining"])
+
+
+def status_through(url: str) -> int:
+    try:
+        with urllib.request.urlopen(
+            f"{url}/api/v1/items?per_page=1", timeout=10
+        ) as got:
+            return got.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def stored_item_ids(url: str) -> set[int]:
     """The id of every item the API lists, page by page."""
     ids, page, per_page = set(), 1, 100
@@ -1043,15 +1070,19 @@ def cluster(session: nox.Session) -> None:
     is replaced on its port by a fresh node, which HAProxy must find ready before
     the next one goes. Then no request may have failed, every write the API
     acknowledged must be stored, and every run of a node must have served the load
-    and logged nothing above INFO. Needs haproxy and redis-server, which it
-    installs with apt-get as root.
+    and logged nothing above INFO. The render has `rate_limit`: one client asking
+    node1, node2, node1... must see one count go down on Redis, and once Redis is
+    stopped the API must still answer (fail open, with Flask-Limiter's warning in
+    the log). Needs haproxy and redis-server, which it installs with apt-get as root.
     """
     database = os.environ.get("TEST_DATABASE_URL")
     if not database:
         session.error("Set TEST_DATABASE_URL to a PostgreSQL database.")
     apt_install(session, "haproxy", "haproxy")
     apt_install(session, "redis-server", "redis-server")
-    project = render(session, "cluster", layout="large", database="postgresql")
+    project = render(
+        session, "cluster", layout="large", database="postgresql", rate_limit=True
+    )
     install(session, project)
     work = project / "cluster"
     work.mkdir()
@@ -1059,7 +1090,12 @@ def cluster(session: nox.Session) -> None:
     env = release(session, project, DATABASE_URL=database, TRUSTED_PROXIES="1")
     env |= {
         "WEB_CONCURRENCY": "2",
-        "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{redis_port}/0",
+        # High enough for the load, which comes from one address: the checks read
+        # the count rather than run it out.
+        "RATELIMIT_DEFAULT": f"{CLUSTER_LIMIT} per hour",
+        "RATELIMIT_STORAGE_URI": (
+            f"redis://127.0.0.1:{redis_port}/0?socket_connect_timeout=1&socket_timeout=1"
+        ),
     }
     nodes = [Node(session, project, env, name, work) for name in ("node1", "node2")]
     balancer = Balancer(session, nodes, work)
@@ -1082,6 +1118,10 @@ def cluster(session: nox.Session) -> None:
         figures, restarts = restart_under_load(session, nodes, balancer, work)
         stored = stored_item_ids(balancer.url)
         backend = balancer.stats()["BACKEND"]
+        counted = [limit_left(node.port) for node in nodes * 3]
+        redis.terminate()
+        redis.wait(timeout=30)
+        without_redis = [status_through(balancer.url) for _ in range(6)]
     acknowledged = set(figures["acknowledged"])
     session.log(
         f"{figures['requests']} requests from {figures['clients']} clients in "
@@ -1101,6 +1141,16 @@ def cluster(session: nox.Session) -> None:
         for log in node.logs
     }
     session.log(f"API requests served by each run of a node: {served}")
+    session.log(
+        f"one client asking node1, node2, node1...: RateLimit-Remaining {counted}; "
+        f"with Redis stopped, through HAProxy: {without_redis}"
+    )
+    if counted != list(range(counted[0], counted[0] - len(counted), -1)):
+        session.error("the nodes do not share one rate limit count on Redis")
+    if counted[0] != CLUSTER_LIMIT - 1:
+        session.error(f"the first request's count is {counted[0]}, not the limit - 1")
+    if without_redis != [200] * len(without_redis):
+        session.error("with Redis stopped, the API did not answer every request")
     if figures["failures"]:
         failures = "\n".join(figures["failures_first"])
         session.error(
@@ -1111,11 +1161,22 @@ def cluster(session: nox.Session) -> None:
         session.error(f"{len(missing)} acknowledged writes are missing: {missing[:20]}")
     if not all(served.values()):
         session.error("a run of a node served none of the load")
+    # Flask-Limiter's own warning that Redis is gone is expected, once the check
+    # above has stopped it: that is the fail-open log line.
     logged = [
         f"{log.name}: {line}"
         for node in nodes
         for log in node.logs
         for line in above_info(log)
+        if '"logger": "flask-limiter"' not in line
     ]
+    limiter_warned = any(
+        '"logger": "flask-limiter"' in line
+        for node in nodes
+        for log in node.logs
+        for line in above_info(log)
+    )
+    if not limiter_warned:
+        session.error("no node logged that the rate-limit storage was unreachable")
     if logged:
         session.error("the nodes logged above INFO:\n" + "\n".join(logged))
