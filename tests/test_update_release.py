@@ -1,11 +1,15 @@
-"""Updating a project rendered from the previous release, as a user would.
+"""Updating a project rendered from an earlier release, as a user would.
 
-The project is rendered from the previous release's commit, then edited the way
-users edit: a setting, a dependency, README text and a second resource (orders,
-with a foreign key to items) in the large layout. It is committed and updated to
-this working tree with `copier update --defaults`. Conflicts may appear only where
-the user and the template changed the same lines; CHANGELOG.md's "Updating from"
-section says what to do about each one listed in EXPECTED_CONFLICTS.
+The project is rendered from the release's commit, then edited the way users edit:
+a setting, a dependency, README text and a second resource (orders, with a foreign
+key to items) in the large layout, each as that release's README says. It is
+committed and updated to this working tree with `copier update --defaults`.
+Conflicts may appear only where the user and the template changed the same lines;
+CHANGELOG.md's "Updating from" section says what to do about each one expected.
+
+From the previous release (0.2) the user's edits meet no conflict; from 0.1, whose
+settings and OpenAPI document 0.2 rebuilt, they meet the ones in
+EXPECTED_CONFLICTS.
 """
 
 import os
@@ -17,10 +21,12 @@ from pathlib import Path
 
 from conftest import ROOT
 from copier import run_copy, run_update
+from test_grow import add_orders, flask
 from test_update import CONFLICT_MARKERS, commit_all, git, git_init, tree
 
-# The previous release, by commit so that a clone without tags can run this too.
-PREVIOUS_RELEASE = ("v0.1.0", "e5d6fdc4e030da3ec58b8c51129e020482355bb9")
+# The releases, by commit so that a clone without tags can run this too.
+PREVIOUS_RELEASE = ("v0.2.0", "c50653250926e68deb8c41b890bb946cb49f9929")
+RELEASE_0_1 = ("v0.1.0", "e5d6fdc4e030da3ec58b8c51129e020482355bb9")
 # Files where this release and the user's edits below touch the same lines, and
 # how CHANGELOG.md's "Updating from 0.1" section says to resolve each.
 EXPECTED_CONFLICTS = {
@@ -367,9 +373,9 @@ def resolve_as_the_changelog_says(project: Path) -> None:
         (project / name).write_text(content)
 
 
-def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
-    tag, commit = PREVIOUS_RELEASE
-    project = tmp_path / "shop"
+def render_release(project: Path, release: tuple[str, str]) -> None:
+    """Render the large layout of `release` into a git repository, as committed."""
+    tag, commit = release
     run_copy(
         str(ROOT),
         project,
@@ -381,12 +387,9 @@ def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
     )
     git_init(project)
     commit_all(project, f"Render copier-flask-api {tag}")
-    edit_like_a_user(project)
-    before = run_project_tests(project)
-    assert before.returncode == 0, before.stdout[-3000:] + before.stderr[-3000:]
-    commit_all(project, "Orders, an order limit, a dependency, README text")
-    users_files = tree(project)
 
+
+def update_to_this_tree(project: Path) -> None:
     run_update(
         project,
         vcs_ref="HEAD",
@@ -396,6 +399,67 @@ def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
         quiet=True,
         conflict="inline",
     )
+
+
+# The user's edits to a 0.2 project, each as its README says: the setting is one
+# line of SETTINGS and one of .env.example.
+SETTING_0_2 = (
+    "shop/core/config.py",
+    '    Setting("OPENAPI_ENABLED", False, boolean),\n',
+    '    Setting("ORDER_LIMIT", 100, non_negative_int),\n',
+)
+ENV_EXAMPLE_0_2 = (".env.example", *SETTING_EDITS[-1][1:])
+
+
+def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
+    project = tmp_path / "shop"
+    render_release(project, PREVIOUS_RELEASE)
+    add_orders(project, "large")
+    flask(project, "large", "db", "upgrade")
+    flask(project, "large", "db", "migrate", "-m", "create orders")
+    for name, anchor, added in [SETTING_0_2, ENV_EXAMPLE_0_2]:
+        add_after(project, name, anchor, added)
+    add_after(project, "pyproject.toml", *DEPENDENCY_EDIT)
+    readme = project / "README.md"
+    title, rest = readme.read_text().split("\n\n", 1)
+    readme.write_text(f"{title}\n\n{README_INTRO}{rest}{README_SECTION}")
+    for ruff in (["check", "--fix"], ["format"]):
+        command = [sys.executable, "-m", "ruff", *ruff, "-q", "."]
+        subprocess.run(command, cwd=project, check=True)
+    before = run_project_tests(project)
+    assert before.returncode == 0, before.stdout[-3000:] + before.stderr[-3000:]
+    commit_all(project, "Orders, an order limit, a dependency, README text")
+    users_files = tree(project)
+
+    update_to_this_tree(project)
+
+    assert conflicted(project) == set()
+    files = tree(project)
+    for name in (project / "shop" / "orders").glob("*.py"):
+        relative = str(name.relative_to(project))
+        assert files[relative] == users_files[relative], relative
+    (revision,) = (project / "migrations" / "versions").glob("*_create_orders.py")
+    assert revision.read_bytes() == users_files[str(revision.relative_to(project))]
+    assert "api_bp.register_blueprint(orders_bp)\n" in files["shop/api.py"].decode()
+    assert SETTING_0_2[2] in files["shop/core/config.py"].decode()
+    assert ENV_EXAMPLE_0_2[2] in files[".env.example"].decode()
+    assert DEPENDENCY_EDIT[1] in files["pyproject.toml"].decode()
+    assert README_INTRO in files["README.md"].decode()
+    assert files["README.md"].decode().endswith(README_SECTION)
+    after = run_project_tests(project)
+    assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
+
+
+def test_update_from_0_1_keeps_the_users_work(tmp_path):
+    project = tmp_path / "shop"
+    render_release(project, RELEASE_0_1)
+    edit_like_a_user(project)
+    before = run_project_tests(project)
+    assert before.returncode == 0, before.stdout[-3000:] + before.stderr[-3000:]
+    commit_all(project, "Orders, an order limit, a dependency, README text")
+    users_files = tree(project)
+
+    update_to_this_tree(project)
 
     assert conflicted(project) == EXPECTED_CONFLICTS
     assert git(project, "status", "--porcelain")  # the update changed something
