@@ -285,7 +285,7 @@ def test_the_resource_recipe(tmp_path, layout):
     recipe = readme[readme.index("## Add a resource") : readme.index("## Migrate")]
     assert REGISTRATION.strip() in recipe
     assert 'flask db migrate -m "create orders"' in recipe
-    assert "ruff check --fix . && ruff format ." in recipe
+    assert "ruff format . && ruff check --fix ." in recipe
     git(project, "init", "-q")
     git(project, "add", "-A")
     git(
@@ -300,8 +300,8 @@ def test_the_resource_recipe(tmp_path, layout):
     )
 
     add_orders(project, layout)
-    run(project, sys.executable, "-m", "ruff", "check", "--fix", "-q", ".")
     run(project, sys.executable, "-m", "ruff", "format", "-q", ".")
+    run(project, sys.executable, "-m", "ruff", "check", "--fix", "-q", ".")
     git(project, "add", "-A")
     added = git(project, "diff", "--cached", "--numstat")
 

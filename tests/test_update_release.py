@@ -423,7 +423,7 @@ def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
     readme = project / "README.md"
     title, rest = readme.read_text().split("\n\n", 1)
     readme.write_text(f"{title}\n\n{README_INTRO}{rest}{README_SECTION}")
-    for ruff in (["check", "--fix"], ["format"]):
+    for ruff in (["format"], ["check", "--fix"]):
         command = [sys.executable, "-m", "ruff", *ruff, "-q", "."]
         subprocess.run(command, cwd=project, check=True)
     before = run_project_tests(project)

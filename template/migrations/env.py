@@ -21,7 +21,7 @@ def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | b
     """Write a custom column type as the database type it stores.
 
     Autogenerate would otherwise write the app's own class by its module path
-    (`my_api.models.UTCDateTime(...)`), which nothing in the revision imports, and
+    (`<module>.UTCDateTime(...)`), which nothing in the revision imports, and
     the upgrade would fail with a NameError. A revision should not import app code
     anyway: the class may change or move after the revision is written. This covers
     types over SQLAlchemy's generic ones (`sa.DateTime(...)`); over a dialect's type
