@@ -19,6 +19,7 @@ import yaml
 from conftest import ROOT
 from copier import run_copy, run_update
 from packaging.requirements import Requirement
+from test_grow import add_orders, flask, run
 
 TEMPLATE_PARTS = ("copier.yml", "template", "includes")
 CONFLICT_MODES = ("rej", "inline")
@@ -335,6 +336,55 @@ def test_update_turning_a_feature_on_adds_it_and_keeps_user_edits(template, tmp_
     )
     edit_like_a_user(expected)
     assert tree(project) == tree(expected)
+
+
+def test_update_adding_a_migration_after_the_users_own_joins_them_as_the_readme_says(
+    template, tmp_path
+):
+    """The user's revision and the API keys table's both follow 0001: after the
+    update `flask db upgrade` refuses the two heads, and the README's merge joins
+    them, with the schema matching the models and the suite passing."""
+    project = start_project(template, tmp_path / "project", layout="large")
+    add_orders(project, "large")
+    for ruff in (["format"], ["check", "--fix"]):  # as the README's recipe says
+        subprocess.run([sys.executable, "-m", "ruff", *ruff, "-q", "."], cwd=project)
+    flask(project, "large", "db", "upgrade")
+    flask(project, "large", "db", "migrate", "-m", "create orders")
+    commit_all(project, "Orders")
+
+    update(project, "v1.0.0", auth="api-key")
+
+    # The guard goes on the API blueprint, in the lines the user added to: copier
+    # keeps the template's side and leaves the user's hunk to apply again.
+    rejected = project / "shop/api.py.rej"
+    assert [p for p in tree(project) if p.endswith(".rej")] == ["shop/api.py.rej"]
+    assert "+api_bp.register_blueprint(orders_bp)" in rejected.read_text()
+    rejected.unlink()
+    api = project / "shop/api.py"
+    api.write_text(
+        api.read_text().replace(
+            "from .openapi import APIBlueprint\n",
+            "from .openapi import APIBlueprint\nfrom .orders.views import orders_bp\n",
+        )
+        + "api_bp.register_blueprint(orders_bp)\n"
+    )
+    assert_no_conflicts(project)
+    readme = (project / "README.md").read_text()
+    merge = 'flask db merge heads -m "merge the template\'s migrations"'
+    assert f"{merge}\nflask db upgrade\n" in readme
+    refused = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "shop", "db", "upgrade"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0
+    assert "Multiple head revisions" in refused.stderr
+    flask(project, "large", "db", "merge", "heads", "-m", "merge")
+    flask(project, "large", "db", "upgrade")
+    flask(project, "large", "db", "check")
+    suite = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    run(project, *suite)
 
 
 def test_added_and_renamed_questions_keep_earlier_answers(template, tmp_path):
