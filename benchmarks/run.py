@@ -442,6 +442,15 @@ def bench_in_process(
                 f"+{timings['app'] - timings['bare']:.0f} us",
             )
         )
+        if "floor" in timings:
+            rows.append(
+                Row(
+                    "  the same read in bare Flask + Flask-SQLAlchemy (ORM floor)",
+                    f"{timings['floor']:.0f} us",
+                    f"{timings['bare']:.0f} us",
+                    f"+{timings['floor'] - timings['bare']:.0f} us",
+                )
+            )
     for construct, timings in constructs.items():
         ratio = timings["ratio"]
         rows.append(
