@@ -314,12 +314,14 @@ def wrk(url: str, duration: int, post_prefix: str | None = None) -> tuple[float,
     return rate, int(re.search(r"(\d+) requests in", output).group(1))
 
 
-def load_cases(item_id: int) -> list[tuple[str, str, bool, float | None]]:
-    """(name, path, whether it POSTs new items, target ratio) for each load run."""
+def load_cases(item_id: int) -> list[tuple[str, str, bool, float | None, bool]]:
+    """(name, path, whether it POSTs new items, target ratio, whether to load bare
+    Flask with the contract too) for each load run."""
+    item = f"/api/v1/items/{item_id}"
     return [
-        ("GET /health", "/health", False, HEALTH_TARGET),
-        ("GET /api/v1/items/<id>", f"/api/v1/items/{item_id}", False, ITEM_READ_TARGET),
-        ("POST /api/v1/items", "/api/v1/items", True, None),
+        ("GET /health", "/health", False, HEALTH_TARGET, True),
+        ("GET /api/v1/items/<id>", item, False, ITEM_READ_TARGET, False),
+        ("POST /api/v1/items", "/api/v1/items", True, None, False),
     ]
 
 
@@ -329,35 +331,59 @@ def load_rows(
     cpu: dict[str, list[float]],
     target: float | None,
 ) -> list[Row]:
-    """Requests/s and worker CPU per request, app against bare, for one case.
+    """Requests/s and worker CPU per request, app against bare, for one case; and
+    bare Flask with the contract's headers and log line, where it was measured.
 
-    The ratio is the median of each round's ratio: the two runs of a round are
-    back to back, so a change in the machine's load hits both alike.
+    A ratio is the median of each round's ratio: the runs of a round are back to
+    back, so a change in the machine's load hits them alike.
     """
-    ratio = statistics.median(a / b for a, b in zip(*rates.values(), strict=True))
-    cpu_ratio = statistics.median(a / b for a, b in zip(*cpu.values(), strict=True))
-    app_rate, bare_rate = (statistics.median(values) for values in rates.values())
-    app_cpu, bare_cpu = (statistics.median(values) for values in cpu.values())
-    return [
+
+    def ratio(values: dict[str, list[float]], name: str) -> float:
+        return statistics.median(
+            a / b for a, b in zip(values[name], values["bare"], strict=True)
+        )
+
+    rate, cpu_used = (
+        {name: statistics.median(v) for name, v in values.items()}
+        for values in (rates, cpu)
+    )
+    rows = [
         Row(
             f"{case} under gunicorn",
-            f"{app_rate:.0f} req/s",
-            f"{bare_rate:.0f} req/s",
-            f"{ratio:.2f}x",
+            f"{rate['app']:.0f} req/s",
+            f"{rate['bare']:.0f} req/s",
+            f"{ratio(rates, 'app'):.2f}x",
             f">= {target}x" if target else "",
-            verdict(ratio >= target) if target else "",
+            verdict(ratio(rates, "app") >= target) if target else "",
         ),
         Row(
             f"{case} worker CPU per request",
-            f"{app_cpu:.0f} us",
-            f"{bare_cpu:.0f} us",
-            f"{cpu_ratio:.2f}x",
+            f"{cpu_used['app']:.0f} us",
+            f"{cpu_used['bare']:.0f} us",
+            f"{ratio(cpu, 'app'):.2f}x",
         ),
     ]
+    if "contract" in rates:
+        rows += [
+            Row(
+                "  bare Flask + the headers and log line every response needs",
+                f"{rate['contract']:.0f} req/s",
+                f"{rate['bare']:.0f} req/s",
+                f"{ratio(rates, 'contract'):.2f}x",
+            ),
+            Row(
+                "  the same, worker CPU per request",
+                f"{cpu_used['contract']:.0f} us",
+                f"{cpu_used['bare']:.0f} us",
+                f"{ratio(cpu, 'contract'):.2f}x",
+            ),
+        ]
+    return rows
 
 
 def bench_http(project: Path, work: Path, rounds: int, duration: int) -> list[Row]:
-    """The rendered app as its Procfile serves it, and bare Flask, under wrk."""
+    """The rendered app as its Procfile serves it, and bare Flask (also with only the
+    contract's headers and log line), under wrk."""
     commands = procfile(project)
     env = production_environment(work, free_port())
 
@@ -371,34 +397,41 @@ def bench_http(project: Path, work: Path, rounds: int, duration: int) -> list[Ro
         item = created["data"]["item"]
 
         # Same gunicorn.conf.py and environment: same bind, workers, worker class.
-        bare_env = {
-            **web_env,
-            "PORT": str(free_port()),
-            "BARE_APP_ITEM": json.dumps(item),
-        }
         bare_argv = ["gunicorn", "--config", str(project / "gunicorn.conf.py")]
-        bare_argv.append("bare_app:create_app()")
-        bare_log = stack.enter_context(open(work / "bare.log", "w"))
-        bare = stack.enter_context(
-            Server("bare Flask", bare_argv, BENCHMARKS, bare_env, bare_log)
-        )
-        servers = {"app": app, "bare": bare}
+        servers = {"app": app}
+        for name, call in [("bare", "create_app()"), ("contract", "create_app(True)")]:
+            bare_env = {
+                **web_env,
+                "PORT": str(free_port()),
+                "BARE_APP_ITEM": json.dumps(item),
+            }
+            bare_log = stack.enter_context(open(work / f"{name}.log", "w"))
+            servers[name] = stack.enter_context(
+                Server(
+                    f"bare Flask ({name})",
+                    [*bare_argv, f"bare_app:{call}"],
+                    BENCHMARKS,
+                    bare_env,
+                    bare_log,
+                )
+            )
 
         rows = []
-        for case, path, posts, target in load_cases(item["id"]):
-            rates: dict[str, list[float]] = {"app": [], "bare": []}
-            cpu: dict[str, list[float]] = {"app": [], "bare": []}
-            for name, server in servers.items():  # warm-up, not recorded
-                wrk(server.url(path), 1, f"warm-{name}" if posts else None)
+        for case, path, posts, target, with_contract in load_cases(item["id"]):
+            names = list(servers) if with_contract else ["app", "bare"]
+            rates: dict[str, list[float]] = {name: [] for name in names}
+            cpu: dict[str, list[float]] = {name: [] for name in names}
+            for name in names:  # warm-up, not recorded
+                wrk(servers[name].url(path), 1, f"warm-{name}" if posts else None)
             for round_number in range(rounds):
-                for name in alternate(list(servers), round_number):
+                for name in alternate(names, round_number):
                     prefix = f"r{round_number}-{name}" if posts else None
                     cpu_before = servers[name].worker_cpu_seconds()
                     rate, requests = wrk(servers[name].url(path), duration, prefix)
                     cpu_used = servers[name].worker_cpu_seconds() - cpu_before
                     rates[name].append(rate)
                     cpu[name].append(cpu_used / requests * 1e6)
-            log(f"{case}: app {rates['app']}, bare {rates['bare']} req/s")
+            log(f"{case}: " + ", ".join(f"{n} {rates[n]}" for n in names) + " req/s")
             rows += load_rows(case, rates, cpu, target)
         rss = {name: server.worker_rss_mib() for name, server in servers.items()}
         rows.append(
