@@ -41,9 +41,11 @@ from werkzeug.test import EnvironBuilder
 BENCHMARKS = Path(__file__).resolve().parent
 STDLIB = sysconfig.get_paths()["stdlib"]
 CASES = ("GET /health", "GET /api/v1/items/<id>", "POST /api/v1/items")
+# Sends one request, returns its status.
+Sender = Callable[[], int]
 
 
-def request_maker(app: Flask, case: str, item_id: int) -> Callable[[], int]:
+def request_maker(app: Flask, case: str, item_id: int) -> Sender:
     """A function that sends one request of `case` to the WSGI app and returns its
     status, having read the whole body as a server would."""
     if case == "POST /api/v1/items":
@@ -80,7 +82,7 @@ def request_maker(app: Flask, case: str, item_id: int) -> Callable[[], int]:
     return send
 
 
-def microseconds_per_request(send: Callable[[], int], requests: int) -> float:
+def microseconds_per_request(send: Sender, requests: int) -> float:
     """CPU time per request: unlike wall time, it ignores the other processes that
     share the machine's cores."""
     start = time.process_time()
@@ -90,9 +92,6 @@ def microseconds_per_request(send: Callable[[], int], requests: int) -> float:
 
 
 # --- Constructs that exist only for speed, and the plain idiom each replaces ---------
-
-
-Sender = Callable[[], int]
 
 
 def with_flask_sessions(app: Flask, send: Sender) -> Sender:
@@ -213,7 +212,7 @@ def load_apps(app_module: str) -> tuple[Callable[[], Flask], Flask, int]:
 
 
 def timings(
-    senders: dict[str, Callable[[], int]], requests: int, rounds: int
+    senders: dict[str, Sender], requests: int, rounds: int
 ) -> dict[str, list[float]]:
     """CPU microseconds per request of each sender, round by round; the order turns
     every round, so that no sender always runs first."""
