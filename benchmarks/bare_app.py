@@ -1,15 +1,20 @@
-"""Bare Flask: the baseline the rendered app is measured against.
+"""Bare Flask: the baseline the rendered app is measured against, and its floor.
 
-The same routes and the same JSON bodies as the rendered API, served by the same
-gunicorn configuration, but with nothing in between: no middleware, no security
-headers, no request ids, no logging, no validation and no database.
+`create_app()` has the same routes and the same JSON bodies as the rendered API,
+served by the same gunicorn configuration, but with nothing in between: no
+middleware, no security headers, no request ids, no logging, no validation and no
+database.
 
-`create_app(contract=True)` adds what SPEC.md asks of every response and nothing
-else: the security headers, a request id, and one access log line through
-`logging` (which gunicorn.conf.py sets up as the rendered app's). It shows what the
-contract alone costs against bare Flask.
+`create_app(floor=True)` is the least any app can do and still keep SPEC.md's
+promises on these routes: what SPEC.md asks of every response (the security headers,
+a request id, one access log line through `logging`, which gunicorn.conf.py sets up
+as the rendered app's), in a WSGI wrapper as cheap as can be; and the items read and
+written through Flask-SQLAlchemy, on the rendered app's model and database, with
+nothing else (no schema, ETag, validation or transaction set-up). The rendered app
+can come close to it, but not below it.
 """
 
+import importlib
 import itertools
 import json
 import logging
@@ -78,14 +83,10 @@ def with_contract(wsgi_app: Callable[..., Iterable[bytes]]) -> Callable:
     return contract
 
 
-def create_app(contract: bool = False) -> Flask:
-    app = Flask(__name__)
+def add_routes_without_database(app: Flask) -> None:
+    """The item routes answering from memory: the item run.py created, and new ones."""
     item = json.loads(os.environ.get("BARE_APP_ITEM", "null")) or SAMPLE_ITEM
     ids = itertools.count(item["id"] + 1)
-
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "success", "data": {"status": "ok"}}
 
     @app.get("/api/v1/items/<int:item_id>")
     def get_item(item_id: int) -> dict:
@@ -105,6 +106,62 @@ def create_app(contract: bool = False) -> Flask:
         location = f"/api/v1/items/{new['id']}"
         return {"status": "success", "data": {"item": new}}, 201, {"Location": location}
 
-    if contract:
-        app.wsgi_app = with_contract(app.wsgi_app)
+
+def add_routes_through_orm(app: Flask, rendered: Flask) -> None:
+    """The item routes on the rendered app's database and model, through
+    Flask-SQLAlchemy's `session.get`, `add` and `commit`, and nothing else."""
+    db = rendered.extensions["sqlalchemy"]
+    [model] = [
+        mapper.class_
+        for mapper in db.Model.registry.mappers
+        if mapper.class_.__tablename__ == "items"
+    ]
+    app.config["SQLALCHEMY_DATABASE_URI"] = rendered.config["SQLALCHEMY_DATABASE_URI"]
+    db.init_app(app)
+
+    def fields(item: Any) -> dict[str, Any]:
+        values = {column.key: getattr(item, column.key) for column in model.__table__.c}
+        return {
+            key: value.isoformat() if isinstance(value, datetime) else value
+            for key, value in values.items()
+        }
+
+    @app.get("/api/v1/items/<int:item_id>")
+    def get_item(item_id: int) -> dict:
+        item = db.session.get(model, item_id)
+        return {"status": "success", "data": {"item": fields(item)}}
+
+    @app.post("/api/v1/items")
+    def create_item() -> tuple[dict, int, dict[str, str]]:
+        item = model(**request.get_json())
+        db.session.add(item)
+        db.session.commit()
+        location = f"/api/v1/items/{item.id}"
+        return (
+            {"status": "success", "data": {"item": fields(item)}},
+            201,
+            {"Location": location},
+        )
+
+
+def create_app(floor: bool = False, rendered: Flask | None = None) -> Flask:
+    """Bare Flask, or with `floor` the contract's floor (see the module docstring).
+
+    The floor borrows the rendered app's model and database: `rendered`, or else the
+    app of the module named by BARE_APP_MODULE (set by benchmarks/run.py).
+    """
+    app = Flask(__name__)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "success", "data": {"status": "ok"}}
+
+    if not floor:
+        add_routes_without_database(app)
+        return app
+    if rendered is None:
+        module = importlib.import_module(os.environ["BARE_APP_MODULE"])
+        rendered = module.create_app()
+    add_routes_through_orm(app, rendered)
+    app.wsgi_app = with_contract(app.wsgi_app)
     return app

@@ -1,10 +1,12 @@
 """Per-request cost in process: the rendered app against bare Flask, no network.
 
-Both apps answer the same requests, called as WSGI applications with an environ
-built once per case (as a server would hand it over), so the difference between
-them is what the rendered app's middleware, error handling, validation and
-database add to each request. Flask's test client would add about as much again
-to both sides, and fill any profile with itself.
+The rendered app, bare Flask and bare Flask's floor (what SPEC.md asks of every
+response, and the items through Flask-SQLAlchemy: see bare_app.py) answer the same
+requests, called as WSGI applications with an environ built once per case (as a
+server would hand it over), so the differences between them are what the contract
+and the rendered app's own middleware, error handling, validation and database
+work add to each request. Flask's test client would add about as much again to
+each, and fill any profile with itself.
 
 The rendered app is also measured with each construct that exists only for speed
 replaced by the plain Flask idiom (see CONSTRUCTS): a construct stays only while
@@ -26,14 +28,19 @@ import itertools
 import json
 import pstats
 import re
+import runpy
 import secrets
 import statistics
 import sys
 import sysconfig
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
+import gunicorn.config
+import gunicorn.glogging
 from flask import Flask, Response, g, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.test import EnvironBuilder
@@ -165,41 +172,49 @@ def with_request_hooks(app: Flask, send: Sender) -> Sender:
     return send
 
 
+def with_gunicorn_logger(app: Flask, send: Sender) -> Sender:
+    """Gunicorn's own Logger with its access line off by log level, instead of
+    gunicorn.conf.py's ServerLogger, whose `access` does nothing: after each
+    request, the worker has gunicorn's Logger gather that line's fields, then the
+    level drops it. Runs in the project's folder, which has gunicorn.conf.py."""
+    settings = runpy.run_path("gunicorn.conf.py")
+    logconfig = settings["logconfig_dict"]
+    loggers = {**logconfig["loggers"], "gunicorn.access": {"level": "WARNING"}}
+    config = gunicorn.config.Config()
+    config.set("logconfig_dict", {**logconfig, "loggers": loggers})
+    logger = gunicorn.glogging.Logger(config)
+    answer = app.test_client().get("/health")
+    response = SimpleNamespace(
+        status=answer.status, headers=list(answer.headers.items()), sent=answer.data
+    )
+    headers = {"Host": "127.0.0.1:8000", "User-Agent": "inprocess.py", "Accept": "*/*"}
+    client = SimpleNamespace(headers=[(k.upper(), v) for k, v in headers.items()])
+    environ = EnvironBuilder(path="/health", headers=headers).get_environ()
+    environ.update(RAW_URI="/health", REMOTE_ADDR="127.0.0.1")
+
+    def send_and_log() -> int:
+        started = datetime.now()
+        status = send()
+        logger.access(response, client, environ, datetime.now() - started)
+        return status
+
+    return send_and_log
+
+
 # Each construct, by its name in the rendered app: the request it is measured on,
 # and the plain replacement, which takes a fresh app and a sender of that request.
 CONSTRUCTS = {
     "SessionOnDemand": ("GET /health", with_flask_sessions),
     "RequestMiddleware": ("GET /health", with_request_hooks),
     "expire_on_commit=False": ("POST /api/v1/items", with_expiring_sessions),
+    "ServerLogger": ("GET /health", with_gunicorn_logger),
 }
 
 
-def orm_floor(rendered: Flask) -> Flask:
-    """Bare Flask reading an item with Flask-SQLAlchemy's `session.get`, on the
-    rendered app's database and model, and nothing else: no middleware, schema,
-    ETag or transaction set-up. No item read through the ORM costs less."""
-    db = rendered.extensions["sqlalchemy"]
-    [model] = [
-        mapper.class_
-        for mapper in db.Model.registry.mappers
-        if mapper.class_.__tablename__ == "items"
-    ]
-    app = Flask("floor")
-    app.config["SQLALCHEMY_DATABASE_URI"] = rendered.config["SQLALCHEMY_DATABASE_URI"]
-    db.init_app(app)
-
-    @app.get("/api/v1/items/<int:item_id>")
-    def get_item(item_id: int) -> dict:
-        item = db.session.get(model, item_id)
-        fields = {column.key: getattr(item, column.key) for column in model.__table__.c}
-        return {"status": "success", "data": {"item": fields}}
-
-    return app
-
-
-def load_apps(app_module: str) -> tuple[Callable[[], Flask], Flask, int]:
+def load_apps(app_module: str) -> tuple[Callable[[], Flask], Flask, Flask, int]:
     """A factory of rendered apps (production settings from the environment), bare
-    Flask, and the id of an item created through the rendered app."""
+    Flask, its floor (see bare_app.py), and the id of an item created through the
+    rendered app."""
     sys.path.insert(0, str(BENCHMARKS))
     bare_app = importlib.import_module("bare_app")
     create_app = importlib.import_module(app_module).create_app
@@ -208,7 +223,9 @@ def load_apps(app_module: str) -> tuple[Callable[[], Flask], Flask, int]:
         "/api/v1/items", json={"name": f"in-process item {time.time_ns()}"}
     )
     assert created.status_code == 201, created.json
-    return create_app, bare_app.create_app(), created.json["data"]["item"]["id"]
+    item_id = created.json["data"]["item"]["id"]
+    floor = bare_app.create_app(floor=True, rendered=rendered)
+    return create_app, bare_app.create_app(), floor, item_id
 
 
 def timings(
@@ -226,16 +243,15 @@ def timings(
 
 
 def measure(app_module: str, requests: int, rounds: int) -> dict:
-    create_app, bare, item_id = load_apps(app_module)
+    create_app, bare, floor, item_id = load_apps(app_module)
     rendered = create_app()
     results = {}
     for case in CASES:
         senders = {
             "app": request_maker(rendered, case, item_id),
             "bare": request_maker(bare, case, item_id),
+            "floor": request_maker(floor, case, item_id),
         }
-        if case == "GET /api/v1/items/<id>":
-            senders["floor"] = request_maker(orm_floor(rendered), case, item_id)
         expected = 201 if case.startswith("POST") else 200
         for name, send in senders.items():
             status = send()  # also warms up caches
@@ -285,7 +301,7 @@ def owner(filename: str, function: str, app_module: str) -> str:
 
 def profile(app_module: str, case: str, requests: int) -> None:
     """Where the rendered app's time goes for one case: by package, then by function."""
-    create_app, _, item_id = load_apps(app_module)
+    create_app, _, _, item_id = load_apps(app_module)
     send = request_maker(create_app(), case, item_id)
     send()
     profiler = cProfile.Profile()

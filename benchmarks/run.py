@@ -8,10 +8,12 @@ the session's virtualenv, and calls this script:
 1. Render time of every variant (copier CLI, `--vcs-ref HEAD`) against copier's floor,
    the near-empty template in `benchmarks/empty-template/` rendered the same way.
 2. Requests per second of the rendered project, served by its Procfile's web command
-   with its gunicorn.conf.py and production settings, against `bare_app.py` under the
-   same gunicorn.conf.py; load from wrk on 127.0.0.1, A/B runs alternated.
-3. CPU microseconds per request in process (a direct WSGI call), app vs bare Flask,
-   and each construct that exists only for speed against the plain Flask idiom.
+   with its gunicorn.conf.py and production settings, against `bare_app.py` (bare
+   Flask, and its floor: bare Flask plus what SPEC.md asks) under the same
+   gunicorn.conf.py; load from wrk on 127.0.0.1, the runs of a round alternated.
+3. CPU microseconds per request in process (a direct WSGI call), app vs bare Flask
+   and the floor, and each construct that exists only for speed against the plain
+   Flask idiom.
 4. Wall and CPU time of the rendered project's test suite, and the gunicorn workers'
    memory.
 
@@ -314,15 +316,21 @@ def wrk(url: str, duration: int, post_prefix: str | None = None) -> tuple[float,
     return rate, int(re.search(r"(\d+) requests in", output).group(1))
 
 
-def load_cases(item_id: int) -> list[tuple[str, str, bool, float | None, bool]]:
-    """(name, path, whether it POSTs new items, target ratio, whether to load bare
-    Flask with the contract too) for each load run."""
-    item = f"/api/v1/items/{item_id}"
+def load_cases(item_id: int) -> list[tuple[str, str, bool, float | None]]:
+    """(name, path, whether it POSTs new items, target ratio) for each load run."""
     return [
-        ("GET /health", "/health", False, HEALTH_TARGET, True),
-        ("GET /api/v1/items/<id>", item, False, ITEM_READ_TARGET, False),
-        ("POST /api/v1/items", "/api/v1/items", True, None, False),
+        ("GET /health", "/health", False, HEALTH_TARGET),
+        ("GET /api/v1/items/<id>", f"/api/v1/items/{item_id}", False, ITEM_READ_TARGET),
+        ("POST /api/v1/items", "/api/v1/items", True, None),
     ]
+
+
+def paired_ratio(values: dict[str, list[float]], name: str, baseline: str) -> float:
+    """The median of each round's ratio: the runs of a round are back to back, so a
+    change in the machine's load hits them alike."""
+    return statistics.median(
+        a / b for a, b in zip(values[name], values[baseline], strict=True)
+    )
 
 
 def load_rows(
@@ -331,59 +339,54 @@ def load_rows(
     cpu: dict[str, list[float]],
     target: float | None,
 ) -> list[Row]:
-    """Requests/s and worker CPU per request, app against bare, for one case; and
-    bare Flask with the contract's headers and log line, where it was measured.
-
-    A ratio is the median of each round's ratio: the runs of a round are back to
-    back, so a change in the machine's load hits them alike.
-    """
-
-    def ratio(values: dict[str, list[float]], name: str) -> float:
-        return statistics.median(
-            a / b for a, b in zip(values[name], values["bare"], strict=True)
-        )
-
+    """Requests/s and worker CPU per request of one case: the app and the floor
+    against bare Flask, and the app against the floor."""
     rate, cpu_used = (
         {name: statistics.median(v) for name, v in values.items()}
         for values in (rates, cpu)
     )
-    rows = [
+    app_ratio = paired_ratio(rates, "app", "bare")
+    return [
         Row(
             f"{case} under gunicorn",
             f"{rate['app']:.0f} req/s",
             f"{rate['bare']:.0f} req/s",
-            f"{ratio(rates, 'app'):.2f}x",
+            f"{app_ratio:.2f}x",
             f">= {target}x" if target else "",
-            verdict(ratio(rates, "app") >= target) if target else "",
+            verdict(app_ratio >= target) if target else "",
+        ),
+        Row(
+            "  floor: bare Flask + what SPEC.md asks",
+            f"{rate['floor']:.0f} req/s",
+            f"{rate['bare']:.0f} req/s",
+            f"{paired_ratio(rates, 'floor', 'bare'):.2f}x",
+        ),
+        Row(
+            "  the app against the floor",
+            f"{rate['app']:.0f} req/s",
+            f"{rate['floor']:.0f} req/s (floor)",
+            f"{paired_ratio(rates, 'app', 'floor'):.2f}x",
         ),
         Row(
             f"{case} worker CPU per request",
             f"{cpu_used['app']:.0f} us",
             f"{cpu_used['bare']:.0f} us",
-            f"{ratio(cpu, 'app'):.2f}x",
+            f"{paired_ratio(cpu, 'app', 'bare'):.2f}x",
+        ),
+        Row(
+            "  the floor's worker CPU per request",
+            f"{cpu_used['floor']:.0f} us",
+            f"{cpu_used['bare']:.0f} us",
+            f"{paired_ratio(cpu, 'floor', 'bare'):.2f}x",
         ),
     ]
-    if "contract" in rates:
-        rows += [
-            Row(
-                "  bare Flask + the headers and log line every response needs",
-                f"{rate['contract']:.0f} req/s",
-                f"{rate['bare']:.0f} req/s",
-                f"{ratio(rates, 'contract'):.2f}x",
-            ),
-            Row(
-                "  the same, worker CPU per request",
-                f"{cpu_used['contract']:.0f} us",
-                f"{cpu_used['bare']:.0f} us",
-                f"{ratio(cpu, 'contract'):.2f}x",
-            ),
-        ]
-    return rows
 
 
-def bench_http(project: Path, work: Path, rounds: int, duration: int) -> list[Row]:
-    """The rendered app as its Procfile serves it, and bare Flask (also with only the
-    contract's headers and log line), under wrk."""
+def bench_http(
+    project: Path, app_module: str, work: Path, rounds: int, duration: int
+) -> list[Row]:
+    """The rendered app as its Procfile serves it, bare Flask and its floor (see
+    bare_app.py) under the same gunicorn.conf.py, loaded by wrk in turn."""
     commands = procfile(project)
     env = production_environment(work, free_port())
 
@@ -399,11 +402,13 @@ def bench_http(project: Path, work: Path, rounds: int, duration: int) -> list[Ro
         # Same gunicorn.conf.py and environment: same bind, workers, worker class.
         bare_argv = ["gunicorn", "--config", str(project / "gunicorn.conf.py")]
         servers = {"app": app}
-        for name, call in [("bare", "create_app()"), ("contract", "create_app(True)")]:
+        for name, call in [("bare", "create_app()"), ("floor", "create_app(True)")]:
             bare_env = {
                 **web_env,
                 "PORT": str(free_port()),
                 "BARE_APP_ITEM": json.dumps(item),
+                "BARE_APP_MODULE": app_module,
+                "PYTHONPATH": str(project),
             }
             bare_log = stack.enter_context(open(work / f"{name}.log", "w"))
             servers[name] = stack.enter_context(
@@ -417,21 +422,20 @@ def bench_http(project: Path, work: Path, rounds: int, duration: int) -> list[Ro
             )
 
         rows = []
-        for case, path, posts, target, with_contract in load_cases(item["id"]):
-            names = list(servers) if with_contract else ["app", "bare"]
-            rates: dict[str, list[float]] = {name: [] for name in names}
-            cpu: dict[str, list[float]] = {name: [] for name in names}
-            for name in names:  # warm-up, not recorded
+        for case, path, posts, target in load_cases(item["id"]):
+            rates: dict[str, list[float]] = {name: [] for name in servers}
+            cpu: dict[str, list[float]] = {name: [] for name in servers}
+            for name in servers:  # warm-up, not recorded
                 wrk(servers[name].url(path), 1, f"warm-{name}" if posts else None)
             for round_number in range(rounds):
-                for name in alternate(names, round_number):
+                for name in alternate(list(servers), round_number):
                     prefix = f"r{round_number}-{name}" if posts else None
                     cpu_before = servers[name].worker_cpu_seconds()
                     rate, requests = wrk(servers[name].url(path), duration, prefix)
                     cpu_used = servers[name].worker_cpu_seconds() - cpu_before
                     rates[name].append(rate)
                     cpu[name].append(cpu_used / requests * 1e6)
-            log(f"{case}: " + ", ".join(f"{n} {rates[n]}" for n in names) + " req/s")
+            log(f"{case}: {rates} req/s")
             rows += load_rows(case, rates, cpu, target)
         rss = {name: server.worker_rss_mib() for name, server in servers.items()}
         rows.append(
@@ -467,23 +471,20 @@ def bench_in_process(
     constructs = results.pop("constructs")
     rows = []
     for case, timings in results.items():
-        rows.append(
+        rows += [
             Row(
                 f"{case} in process (CPU)",
                 f"{timings['app']:.0f} us",
                 f"{timings['bare']:.0f} us",
                 f"+{timings['app'] - timings['bare']:.0f} us",
-            )
-        )
-        if "floor" in timings:
-            rows.append(
-                Row(
-                    "  the same read in bare Flask + Flask-SQLAlchemy (ORM floor)",
-                    f"{timings['floor']:.0f} us",
-                    f"{timings['bare']:.0f} us",
-                    f"+{timings['floor'] - timings['bare']:.0f} us",
-                )
-            )
+            ),
+            Row(
+                "  the floor in process (CPU)",
+                f"{timings['floor']:.0f} us",
+                f"{timings['bare']:.0f} us",
+                f"+{timings['floor'] - timings['bare']:.0f} us",
+            ),
+        ]
     for construct, timings in constructs.items():
         ratio = timings["ratio"]
         rows.append(
@@ -502,13 +503,13 @@ def bench_in_process(
 # --- 4. The rendered test suite -----------------------------------------------------
 
 
-def run_suite(project: Path, env: dict[str, str], *args: str) -> tuple[float, float]:
+def run_suite(project: Path, env: dict[str, str]) -> tuple[float, float]:
     """Wall and CPU seconds (user and system, the whole process tree) of one run of
     the rendered project's pytest."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(
-        [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", *args],
+        [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider"],
         cwd=project,
         env=env,
         capture_output=True,
@@ -534,27 +535,24 @@ def bench_suite(project: Path, rounds: int) -> list[Row]:
         and key not in {"PYTHONDONTWRITEBYTECODE", "TEST_DATABASE_URL"}
     }
     run_suite(project, env)
-    rows = []
-    for name, args in [("", ()), (", -m 'not slow'", ("-m", "not slow"))]:
-        walls, cpus = [], []
-        for _ in range(rounds):
-            wall, cpu = run_suite(project, env, *args)
-            walls.append(wall)
-            cpus.append(cpu)
-        log(f"test suite{name}: wall {walls}, CPU {cpus}")
-        wall, cpu = statistics.median(walls), statistics.median(cpus)
-        rows.append(
-            Row(
-                f"rendered test suite (pytest{name}, coverage on)",
-                f"{wall:.1f} s",
-                "",
-                "",
-                f"<= {SUITE_TARGET:.0f} s",
-                verdict(wall <= SUITE_TARGET),
-            )
-        )
-        rows.append(Row(f"rendered test suite{name}, CPU", f"{cpu:.1f} s", ""))
-    return rows
+    walls, cpus = [], []
+    for _ in range(rounds):
+        wall, cpu = run_suite(project, env)
+        walls.append(wall)
+        cpus.append(cpu)
+    log(f"test suite: wall {walls}, CPU {cpus}")
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    return [
+        Row(
+            "rendered test suite (pytest, coverage on)",
+            f"{wall:.1f} s",
+            "",
+            "",
+            f"<= {SUITE_TARGET:.0f} s",
+            verdict(wall <= SUITE_TARGET),
+        ),
+        Row("rendered test suite, CPU", f"{cpu:.1f} s", ""),
+    ]
 
 
 # --- The table ----------------------------------------------------------------------
@@ -578,8 +576,8 @@ def main() -> None:
         "--project", type=Path, required=True, help="rendered, installed"
     )
     parser.add_argument("--work", type=Path, required=True, help="scratch folder")
-    parser.add_argument("--render-rounds", type=int, default=5)
-    parser.add_argument("--http-rounds", type=int, default=5)
+    parser.add_argument("--render-rounds", type=int, default=3)
+    parser.add_argument("--http-rounds", type=int, default=4)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--suite-rounds", type=int, default=3)
     args = parser.parse_args()
@@ -592,7 +590,7 @@ def main() -> None:
 
     rows = bench_render(work, args.render_rounds)
     release(project, work)
-    rows += bench_http(project, work, args.http_rounds, args.duration)
+    rows += bench_http(project, app_module, work, args.http_rounds, args.duration)
     rows += bench_in_process(project, app_module, work, args.http_rounds)
     rows += bench_suite(project, args.suite_rounds)
     print()
