@@ -576,7 +576,7 @@ def main() -> None:
         "--project", type=Path, required=True, help="rendered, installed"
     )
     parser.add_argument("--work", type=Path, required=True, help="scratch folder")
-    parser.add_argument("--render-rounds", type=int, default=3)
+    parser.add_argument("--render-rounds", type=int, default=5)
     parser.add_argument("--http-rounds", type=int, default=4)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--suite-rounds", type=int, default=3)
@@ -588,6 +588,7 @@ def main() -> None:
         "app" if answers["layout"] == "single-file" else answers["package_name"]
     )
 
+    load_before = os.getloadavg()[0]
     rows = bench_render(work, args.render_rounds)
     release(project, work)
     rows += bench_http(project, app_module, work, args.http_rounds, args.duration)
@@ -595,6 +596,11 @@ def main() -> None:
     rows += bench_suite(project, args.suite_rounds)
     print()
     print(f"Rendered project: {answers['layout']} {answers['database']}")
+    python = sys.version.split()[0]
+    print(
+        f"Machine: {os.cpu_count()} cores, Python {python}; load average (1 min) "
+        f"{load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after it"
+    )
     print(table(rows))
 
 
