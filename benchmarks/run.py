@@ -66,6 +66,8 @@ HEALTH_TARGET = 0.85  # /health at least this share of bare Flask's requests/s
 ITEM_READ_TARGET = 0.6  # GET /api/v1/items/<id>, likewise
 RENDER_TARGET = 1.5  # a render at most this many times copier's floor
 SUITE_TARGET = 5.0  # the rendered test suite, seconds
+# The floor without its JSON access log line (bare_app.py): what that line costs alone.
+UNLOGGED_FLOOR = "floor_unlogged"
 # A construct that exists only for speed stays while the plain Flask idiom it
 # replaces costs at least this many times its CPU per request.
 CONSTRUCT_TARGET = 1.05
@@ -107,17 +109,31 @@ def variants() -> list[dict[str, str]]:
     ]
 
 
-def floor_template(work: Path) -> Path:
-    """The empty template as a git repository, so `--vcs-ref HEAD` clones it too."""
-    repository = work / "empty-template"
+def floor_template(work: Path, files: int = 1) -> Path:
+    """The empty template as a git repository, so `--vcs-ref HEAD` clones it too;
+    with `files`, that many one-line files, to show what copier spends per file."""
+    repository = work / f"empty-template-{files}"
     shutil.rmtree(repository, ignore_errors=True)
     shutil.copytree(BENCHMARKS / "empty-template", repository)
+    for number in range(2, files + 1):
+        (repository / f"file{number}.md.jinja").write_text("# {{ project_name }}\n")
     git = ["git", "-C", str(repository), "-c", "user.name=bench"]
     git += ["-c", "user.email=bench@localhost", "-c", "commit.gpgsign=false"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "Empty template"], check=True)
     return repository
+
+
+def rendered_files(destination: Path) -> int:
+    """How many files the default render writes."""
+    shutil.rmtree(destination, ignore_errors=True)
+    command = [str(BIN / "copier"), "copy", "--quiet", "--defaults"]
+    command += ["--vcs-ref", "HEAD", str(TEMPLATE), str(destination)]
+    subprocess.run(command, check=True, capture_output=True)
+    count = sum(1 for path in destination.rglob("*") if path.is_file())
+    shutil.rmtree(destination)
+    return count
 
 
 def time_render(template: Path, destination: Path, answers: dict[str, str]) -> float:
@@ -137,7 +153,11 @@ def time_render(template: Path, destination: Path, answers: dict[str, str]) -> f
 
 
 def bench_render(work: Path, rounds: int) -> list[Row]:
-    contenders = {"copier floor": (floor_template(work), {})}
+    files = rendered_files(work / "render")
+    contenders = {
+        "copier floor": (floor_template(work), {}),
+        "copier floor, many files": (floor_template(work, files), {}),
+    }
     for answers in variants():
         contenders[f"{answers['layout']} {answers['database']}"] = (TEMPLATE, answers)
     times: dict[str, list[float]] = {name: [] for name in contenders}
@@ -147,6 +167,7 @@ def bench_render(work: Path, rounds: int) -> list[Row]:
             times[name].append(time_render(template, work / "render", answers))
         log(f"render round {round_number + 1}/{rounds} done")
     floor = statistics.median(times.pop("copier floor"))
+    many = statistics.median(times.pop("copier floor, many files"))
     rows = []
     for name, values in times.items():
         ratio = statistics.median(values) / floor
@@ -160,6 +181,14 @@ def bench_render(work: Path, rounds: int) -> list[Row]:
                 verdict(ratio <= RENDER_TARGET),
             )
         )
+    rows.append(
+        Row(
+            f"  copier's floor for {files} one-line files (the default render's count)",
+            f"{many:.2f} s",
+            f"{floor:.2f} s (floor)",
+            f"{many / floor:.2f}x",
+        )
+    )
     return rows
 
 
@@ -362,6 +391,12 @@ def load_rows(
             f"{paired_ratio(rates, 'floor', 'bare'):.2f}x",
         ),
         Row(
+            "  the floor without its access log line",
+            f"{rate[UNLOGGED_FLOOR]:.0f} req/s",
+            f"{rate['bare']:.0f} req/s",
+            f"{paired_ratio(rates, UNLOGGED_FLOOR, 'bare'):.2f}x",
+        ),
+        Row(
             "  the app against the floor",
             f"{rate['app']:.0f} req/s",
             f"{rate['floor']:.0f} req/s (floor)",
@@ -402,7 +437,11 @@ def bench_http(
         # Same gunicorn.conf.py and environment: same bind, workers, worker class.
         bare_argv = ["gunicorn", "--config", str(project / "gunicorn.conf.py")]
         servers = {"app": app}
-        for name, call in [("bare", "create_app()"), ("floor", "create_app(True)")]:
+        for name, call in [
+            ("bare", "create_app()"),
+            ("floor", "create_app(True)"),
+            (UNLOGGED_FLOOR, "create_app(True, access_line=False)"),
+        ]:
             bare_env = {
                 **web_env,
                 "PORT": str(free_port()),
