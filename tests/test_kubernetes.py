@@ -369,6 +369,36 @@ def test_readme_deploys_these_manifests(render, database):
         assert applied == ["deploy/kubernetes/"]
 
 
+@pytest.mark.parametrize("database", DATABASES)
+def test_pods_share_rate_limits_on_redis(render, database):
+    """With `rate_limit`, every pod counts requests in the Redis the Secret names (its
+    URL may carry a password), and the ConfigMap holds the limit; the README's Secret
+    has that key."""
+    project = render(database=database, rate_limit=True)
+    objects = manifests(project)
+    for manifest in objects.values():
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSIONS[-1], strict=True)
+    for pod in pod_specs(objects):
+        for container in containers(pod):
+            refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"]}
+            assert refs["RATELIMIT_STORAGE_URI"] == {
+                "name": "my-api",
+                "key": "RATELIMIT_STORAGE_URI",
+            }
+    data = objects["configmap.yaml"]["data"]
+    assert "RATELIMIT_STORAGE_URI" not in data
+    assert data["RATELIMIT_DEFAULT"] == "120 per minute"
+    argvs = [shlex.split(line, comments=True) for line in readme_commands(project)]
+    (create,) = [argv for argv in argvs if argv[:3] == ["kubectl", "create", "secret"]]
+    literals = dict(
+        arg.removeprefix("--from-literal=").split("=", 1)
+        for arg in create
+        if arg.startswith("--from-literal=")
+    )
+    assert literals.keys() == SECRET_KEYS[database] | {"RATELIMIT_STORAGE_URI"}
+    assert literals["RATELIMIT_STORAGE_URI"].startswith("redis://")
+
+
 def declared_settings(project: Path) -> dict[str, bool]:
     """The variables a render's config declares, each with whether it is secret."""
     config = (project / "my_api" / "config.py").read_text()

@@ -387,6 +387,65 @@ def test_update_adding_a_migration_after_the_users_own_joins_them_as_the_readme_
     run(project, *suite)
 
 
+def test_update_turning_api_keys_off_keeps_the_migrations_as_the_readme_says(
+    template, tmp_path
+):
+    """Turning `auth=api-key` off deletes the API keys table's migration, which the
+    database and the user's own revision follow: `flask db upgrade` fails until the
+    README's steps bring the file back and drop the table, and then the schema
+    matches the models and the suite passes."""
+    layout = "large"
+    project = start_project(
+        template, tmp_path / "project", layout=layout, auth="api-key"
+    )
+    add_orders(project, layout)
+    for ruff in (["format"], ["check", "--fix"]):  # as the README's recipe says
+        subprocess.run([sys.executable, "-m", "ruff", *ruff, "-q", "."], cwd=project)
+    flask(project, layout, "db", "upgrade")
+    flask(project, layout, "db", "migrate", "-m", "create orders")
+    flask(project, layout, "db", "upgrade")
+    commit_all(project, "Orders")
+
+    update(project, "v1.0.0", auth="none")
+
+    # The guard leaves the lines the user added to: the user's hunk to apply again.
+    rejected = project / "shop/api.py.rej"
+    assert [p for p in tree(project) if p.endswith(".rej")] == ["shop/api.py.rej"]
+    assert "+api_bp.register_blueprint(orders_bp)" in rejected.read_text()
+    rejected.unlink()
+    api = project / "shop/api.py"
+    api.write_text(
+        api.read_text().replace(
+            "from .openapi import APIBlueprint\n",
+            "from .openapi import APIBlueprint\nfrom .orders.views import orders_bp\n",
+        )
+        + "api_bp.register_blueprint(orders_bp)\n"
+    )
+    assert_no_conflicts(project)
+    api_keys_migration = "migrations/versions/0002_create_api_keys.py"
+    assert not (project / api_keys_migration).exists()
+    broken = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "shop", "db", "upgrade"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert broken.returncode != 0
+    readme = (project / "README.md").read_text()
+    steps = (
+        f"git checkout HEAD -- {api_keys_migration}\n"
+        'flask db migrate -m "drop the api keys table"\n'
+        "flask db upgrade\n"
+    )
+    assert steps in readme
+    git(project, "checkout", "HEAD", "--", api_keys_migration)
+    flask(project, layout, "db", "migrate", "-m", "drop the api keys table")
+    flask(project, layout, "db", "upgrade")
+    flask(project, layout, "db", "check")
+    suite = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    run(project, *suite)
+
+
 def test_added_and_renamed_questions_keep_earlier_answers(template, tmp_path):
     project = start_project(template, tmp_path / "project", layout="large")
     # v1.1.0 asks a new question and renames `author_name` to `copyright_holder`;
