@@ -7,7 +7,8 @@ committed and updated to this working tree with `copier update --defaults`.
 Conflicts may appear only where the user and the template changed the same lines;
 CHANGELOG.md's "Updating from" section says what to do about each one expected.
 
-From the previous release (0.2) the user's edits meet no conflict; from 0.1, whose
+From the previous release (0.3) and the one before (0.2) the user's edits meet no
+conflict; from 0.1, whose
 settings and OpenAPI document 0.2 rebuilt, they meet the ones in
 EXPECTED_CONFLICTS.
 """
@@ -19,13 +20,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 from copier import run_copy, run_update
 from test_grow import add_orders, flask
 from test_update import CONFLICT_MARKERS, commit_all, git, git_init, tree
 
 # The releases, by commit so that a clone without tags can run this too.
-PREVIOUS_RELEASE = ("v0.2.0", "c50653250926e68deb8c41b890bb946cb49f9929")
+PREVIOUS_RELEASE = ("v0.3.0", "cc59d42e12cca3e8c807eb035b000239f993a1ad")
+RELEASE_0_2 = ("v0.2.0", "c50653250926e68deb8c41b890bb946cb49f9929")
 RELEASE_0_1 = ("v0.1.0", "e5d6fdc4e030da3ec58b8c51129e020482355bb9")
 # Files where this release and the user's edits below touch the same lines, and
 # how CHANGELOG.md's "Updating from 0.1" section says to resolve each.
@@ -411,9 +414,10 @@ SETTING_0_2 = (
 ENV_EXAMPLE_0_2 = (".env.example", *SETTING_EDITS[-1][1:])
 
 
-def test_update_from_the_previous_release_keeps_the_users_work(tmp_path):
+@pytest.mark.parametrize("release", [PREVIOUS_RELEASE, RELEASE_0_2], ids=lambda r: r[0])
+def test_update_from_the_previous_release_keeps_the_users_work(tmp_path, release):
     project = tmp_path / "shop"
-    render_release(project, PREVIOUS_RELEASE)
+    render_release(project, release)
     add_orders(project, "large")
     flask(project, "large", "db", "upgrade")
     flask(project, "large", "db", "migrate", "-m", "create orders")
