@@ -1,5 +1,6 @@
 """Rendering: every variant, its exact file set, and output free of Jinja debris."""
 
+import os
 import re
 import subprocess
 import sys
@@ -447,3 +448,25 @@ def test_openapi_has_the_same_names_in_every_layout(render, layout):
         'openapi_bp = Blueprint("openapi", __name__)',
     ):
         assert text.count(definition) == 1, definition
+
+
+@pytest.mark.parametrize("layout", ["single-file", "large"])
+def test_the_flask_command_runs_development_in_debug_mode(render, layout):
+    """`.flaskenv` gives the `flask` command development settings, DEBUG included:
+    Flask's command sets the debug flag from FLASK_DEBUG, over the config's."""
+    project = render(layout=layout)
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"APP_ENV", "DATABASE_URL"} and not key.startswith("FLASK_")
+    }
+    shown = subprocess.run(
+        [sys.executable, "-m", "flask", "my-api", "show-config"],
+        cwd=project,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "APP_ENV='development'\n" in shown.stdout
+    assert "DEBUG=True\n" in shown.stdout
