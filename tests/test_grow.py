@@ -49,10 +49,16 @@ SCHEMAS = dedent('''
         order = fields.Nested(OrderSchema, required=True)
 
 
-    class OrderPageSchema(PageSchema):
+    class OrderPageSchema(PageDataSchema):
         orders = fields.List(fields.Nested(OrderSchema), required=True)
-        total = fields.Integer(required=True)
     ''')
+# Releases before 0.3.1 have no PageDataSchema: a page answer there is built on the
+# paging query's schema, with its own total, as their READMEs said.
+ORDERS_FIELD = "    orders = fields.List(fields.Nested(OrderSchema), required=True)\n"
+SCHEMAS_BEFORE_0_3_1 = SCHEMAS.replace(
+    f"(PageDataSchema):\n{ORDERS_FIELD}",
+    f"(PageSchema):\n{ORDERS_FIELD}    total = fields.Integer(required=True)\n",
+)
 VIEWS = dedent('''
     orders_bp = APIBlueprint(
         "orders", __name__, url_prefix="/orders", description="Orders for items."
@@ -158,7 +164,7 @@ MODEL_IMPORTS = (
 )
 SCHEMAS_IMPORTS = (
     "from marshmallow import Schema, fields, validate\n\n"
-    "from ..core.schemas import MAX_INT32, PageSchema\n"
+    "from ..core.schemas import MAX_INT32, PageDataSchema\n"
 )
 VIEWS_IMPORTS = (
     "from typing import Any\n\n"
@@ -202,13 +208,17 @@ def add_imports(path: Path, imports: str) -> None:
 
 def add_orders(project: Path, layout: str) -> None:
     package = project / "shop"
+    schemas, schemas_imports = SCHEMAS, SCHEMAS_IMPORTS
+    if not any("class PageDataSchema(" in p.read_text() for p in project.rglob("*.py")):
+        schemas = SCHEMAS_BEFORE_0_3_1
+        schemas_imports = SCHEMAS_IMPORTS.replace("PageDataSchema", "PageSchema")
     if layout == "large":
         orders = package / "orders"
         orders.mkdir()
         (orders / "__init__.py").write_text('"""Orders: customers ordering items."""\n')
         for name, docstring, imports, code in [
             ("models", "The orders table.", MODEL_IMPORTS, MODEL),
-            ("schemas", "What the orders API accepts.", SCHEMAS_IMPORTS, SCHEMAS),
+            ("schemas", "What the orders API accepts.", schemas_imports, schemas),
             ("views", "The orders resource.", VIEWS_IMPORTS, VIEWS),
         ]:
             (orders / f"{name}.py").write_text(
@@ -220,7 +230,7 @@ def add_orders(project: Path, layout: str) -> None:
     elif layout == "single-module":
         for name, imports, code in [
             ("models", MODEL_IMPORTS, MODEL),
-            ("schemas", SCHEMAS_IMPORTS, SCHEMAS),
+            ("schemas", schemas_imports, schemas),
         ]:
             module = package / f"{name}.py"
             add_imports(module, project_imports_only(imports))
@@ -240,7 +250,7 @@ def add_orders(project: Path, layout: str) -> None:
         add_before(
             app,
             'api_bp = APIBlueprint("api"',
-            f"{MODEL}\n\n{SCHEMAS}\n\n{VIEWS}\n\n",
+            f"{MODEL}\n\n{schemas}\n\n{VIEWS}\n\n",
         )
         text = app.read_text()
         app.write_text(
