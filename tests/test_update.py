@@ -338,13 +338,9 @@ def test_update_turning_a_feature_on_adds_it_and_keeps_user_edits(template, tmp_
     assert tree(project) == tree(expected)
 
 
-def test_update_adding_a_migration_after_the_users_own_joins_them_as_the_readme_says(
-    template, tmp_path
-):
-    """The user's revision and the API keys table's both follow 0001: after the
-    update `flask db upgrade` refuses the two heads, and the README's merge joins
-    them, with the schema matching the models and the suite passing."""
-    project = start_project(template, tmp_path / "project", layout="large")
+def grow_orders(project: Path) -> None:
+    """Orders by the README's recipe in a large project, with the revision
+    `flask db migrate` writes, committed."""
     add_orders(project, "large")
     for ruff in (["format"], ["check", "--fix"]):  # as the README's recipe says
         subprocess.run([sys.executable, "-m", "ruff", *ruff, "-q", "."], cwd=project)
@@ -352,10 +348,11 @@ def test_update_adding_a_migration_after_the_users_own_joins_them_as_the_readme_
     flask(project, "large", "db", "migrate", "-m", "create orders")
     commit_all(project, "Orders")
 
-    update(project, "v1.0.0", auth="api-key")
 
-    # The guard goes on the API blueprint, in the lines the user added to: copier
-    # keeps the template's side and leaves the user's hunk to apply again.
+def reapply_orders_registration(project: Path) -> None:
+    """Turning auth on or off changes the guard on the API blueprint, in the lines
+    the user added orders to: copier keeps the template's side and leaves the user's
+    hunk in a .rej, which the user applies again."""
     rejected = project / "shop/api.py.rej"
     assert [p for p in tree(project) if p.endswith(".rej")] == ["shop/api.py.rej"]
     assert "+api_bp.register_blueprint(orders_bp)" in rejected.read_text()
@@ -368,18 +365,37 @@ def test_update_adding_a_migration_after_the_users_own_joins_them_as_the_readme_
         )
         + "api_bp.register_blueprint(orders_bp)\n"
     )
-    assert_no_conflicts(project)
-    readme = (project / "README.md").read_text()
-    merge = 'flask db merge heads -m "merge the template\'s migrations"'
-    assert f"{merge}\nflask db upgrade\n" in readme
-    refused = subprocess.run(
+
+
+def failed_upgrade(project: Path) -> str:
+    """What `flask db upgrade` says when it fails, as it must here."""
+    result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "shop", "db", "upgrade"],
         cwd=project,
         capture_output=True,
         text=True,
     )
-    assert refused.returncode != 0
-    assert "Multiple head revisions" in refused.stderr
+    assert result.returncode != 0
+    return result.stderr
+
+
+def test_update_adding_a_migration_after_the_users_own_joins_them_as_the_readme_says(
+    template, tmp_path
+):
+    """The user's revision and the API keys table's both follow 0001: after the
+    update `flask db upgrade` refuses the two heads, and the README's merge joins
+    them, with the schema matching the models and the suite passing."""
+    project = start_project(template, tmp_path / "project", layout="large")
+    grow_orders(project)
+
+    update(project, "v1.0.0", auth="api-key")
+
+    reapply_orders_registration(project)
+    assert_no_conflicts(project)
+    readme = (project / "README.md").read_text()
+    merge = 'flask db merge heads -m "merge the template\'s migrations"'
+    assert f"{merge}\nflask db upgrade\n" in readme
+    assert "Multiple head revisions" in failed_upgrade(project)
     flask(project, "large", "db", "merge", "heads", "-m", "merge")
     flask(project, "large", "db", "upgrade")
     flask(project, "large", "db", "check")
@@ -398,13 +414,8 @@ def test_update_turning_api_keys_off_keeps_the_migrations_as_the_readme_says(
     project = start_project(
         template, tmp_path / "project", layout=layout, auth="api-key"
     )
-    add_orders(project, layout)
-    for ruff in (["format"], ["check", "--fix"]):  # as the README's recipe says
-        subprocess.run([sys.executable, "-m", "ruff", *ruff, "-q", "."], cwd=project)
+    grow_orders(project)
     flask(project, layout, "db", "upgrade")
-    flask(project, layout, "db", "migrate", "-m", "create orders")
-    flask(project, layout, "db", "upgrade")
-    commit_all(project, "Orders")
     # The README of an api-key project says what turning the keys off takes.
     api_keys_migration = "migrations/versions/0002_create_api_keys.py"
     steps = (
@@ -416,28 +427,10 @@ def test_update_turning_api_keys_off_keeps_the_migrations_as_the_readme_says(
 
     update(project, "v1.0.0", auth="none")
 
-    # The guard leaves the lines the user added to: the user's hunk to apply again.
-    rejected = project / "shop/api.py.rej"
-    assert [p for p in tree(project) if p.endswith(".rej")] == ["shop/api.py.rej"]
-    assert "+api_bp.register_blueprint(orders_bp)" in rejected.read_text()
-    rejected.unlink()
-    api = project / "shop/api.py"
-    api.write_text(
-        api.read_text().replace(
-            "from .openapi import APIBlueprint\n",
-            "from .openapi import APIBlueprint\nfrom .orders.views import orders_bp\n",
-        )
-        + "api_bp.register_blueprint(orders_bp)\n"
-    )
+    reapply_orders_registration(project)
     assert_no_conflicts(project)
     assert not (project / api_keys_migration).exists()
-    broken = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "shop", "db", "upgrade"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-    )
-    assert broken.returncode != 0
+    assert "KeyError: '0002'" in failed_upgrade(project)
     git(project, "checkout", "HEAD", "--", api_keys_migration)
     flask(project, layout, "db", "migrate", "-m", "drop the api keys table")
     flask(project, layout, "db", "upgrade")
