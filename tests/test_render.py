@@ -355,7 +355,7 @@ def test_container_files(render, layout, database):
     assert ("db" in compose["services"]) == (database == "postgresql")
     if database == "postgresql":
         # The README's `docker compose up -d db`, then `flask db upgrade` on the host.
-        assert compose["services"]["db"]["ports"] == ["127.0.0.1:5432:5432"]
+        assert compose["services"]["db"]["ports"] == ["127.0.0.1:${DB_PORT:-5432}:5432"]
         assert "@localhost:5432/" in (project / ".env.example").read_text()
     web_service = compose["services"]["web"]
     assert web_service["depends_on"]["migrate"] == {

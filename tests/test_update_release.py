@@ -8,9 +8,8 @@ Conflicts may appear only where the user and the template changed the same lines
 CHANGELOG.md's "Updating from" section says what to do about each one expected.
 
 From the previous release (0.3) and the one before (0.2) the user's edits meet no
-conflict; from 0.1, whose
-settings and OpenAPI document 0.2 rebuilt, they meet the ones in
-EXPECTED_CONFLICTS.
+conflict; from 0.1, whose settings and OpenAPI document 0.2 rebuilt, they meet the
+ones in EXPECTED_CONFLICTS.
 """
 
 import os
